@@ -1,0 +1,177 @@
+"""The ``curate`` flow: inputs -> stages -> a published version, as Prefect tasks.
+
+One task per stage step and shard, passing shard paths (see ``pipeline.steps``). Task
+results are persisted under the run's work folder and cached by their inputs and
+source (never by run id), so a run that was killed resumes: the re-run finds the
+finished steps cached and does only the rest. The work folder is named by the run's
+fingerprint (input contents + config), so a changed input or config never reuses a
+stale result, and it is removed once the version is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+import pipeline
+from pipeline import steps
+from pipeline.config import PipelineConfig, config_hash
+from pipeline.readers import expand_inputs, file_sha256
+from pipeline.stages.registry import STAGE_ORDER
+from pipeline.steps import Applied, Ingested, Shard
+from pipeline.store import Store
+from pipeline.version import RunRecord, StageReport, publish
+
+_CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+
+
+@task(name="ingest", **_CACHED)
+def ingest_task(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
+    return steps.ingest(dataset, shard_rows, work_dir)
+
+
+@task(name="summarize", task_run_name="{name}-summarize-{shard.name}", **_CACHED)
+def summarize_task(name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, out_dir: str) -> str:
+    return steps.summarize(name, config, ingested, shard, out_dir)
+
+
+@task(name="decide", task_run_name="{name}-decide", **_CACHED)
+def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> str:
+    return steps.decide(name, config, ingested, summaries, out_dir)
+
+
+@task(name="apply", task_run_name="{name}-{shard.name}", **_CACHED)
+def apply_task(
+    name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, state: str | None, out_dir: str
+) -> Applied:
+    return steps.apply(name, config, ingested, shard, state, out_dir)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(record: RunRecord, output: str) -> tuple[str, str]:
+    version, path = publish(record, Store(output, record.dataset))
+    return version, str(path)
+
+
+def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> tuple[str, list[dict[str, Any]], dict[str, Any], str]:
+    """Hash what decides the version's content: input bytes and names, config, code version."""
+    ds = next(d for d in cfg.datasets if d.name == dataset_name)
+    inputs = [{"path": str(f.path), "label": f.label, "sha256": file_sha256(f.path)} for f in expand_inputs(ds)]
+    payload = cfg.fingerprint_payload(ds)
+    chash = config_hash(payload)
+    fingerprint = config_hash(
+        {
+            "pipeline": pipeline.__version__,
+            "inputs": [(i["label"], i["sha256"]) for i in inputs],
+            "config": chash,
+            "shard_rows": cfg.shard_rows,
+        }
+    )
+    return fingerprint, inputs, payload, chash
+
+
+def _artifact_key(dataset: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + "-stages"
+
+
+@flow(name="curate", log_prints=False)
+def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """Curate one dataset of ``config`` (a ``PipelineConfig`` as a dict) into its store."""
+    logger = logging.getLogger("pipeline")
+    cfg = PipelineConfig.model_validate(config)
+    ds = next(d for d in cfg.datasets if d.name == dataset)
+    store = Store(cfg.output, ds.name)
+    fingerprint, inputs, payload, chash = run_fingerprint(cfg, ds.name)
+    existing = store.find_fingerprint(fingerprint)
+    if existing is not None:
+        logger.info("inputs and config match %s: nothing new to publish", existing)
+        return {"status": "unchanged", "dataset": ds.name, "version": existing, "path": str(store.dir / existing)}
+
+    work = store.work_dir(fingerprint)
+    cached = {"result_storage": work / "results"}
+    ingested: Ingested = ingest_task.with_options(**cached)(ds.model_dump(mode="json"), cfg.shard_rows, str(work))
+    input_rows = sum(s.rows for s in ingested.shards)
+    logger.info("%s: %d rows in %d shards (%s)", ds.name, input_rows, len(ingested.shards), ingested.kind)
+
+    shards = ingested.shards
+    reports: list[StageReport] = []
+    removed: dict[str, list[str]] = {}
+    scores: dict[str, list[str]] = {}
+    for index, name in enumerate(STAGE_ORDER):
+        stage_config = getattr(cfg.stages, name).model_dump(mode="json")
+        rows = sum(s.rows for s in shards)
+        stage = steps.make_stage(name, stage_config, ingested.info)
+        if not stage.applies():
+            reports.append(StageReport(stage=name, enabled=False, rows_in=rows, rows_out=rows))
+            continue
+        out_dir = str(work / f"{index}-{name}")
+        started = time.perf_counter()
+        state = None
+        if stage.is_global:
+            summaries = summarize_task.with_options(**cached).map(
+                unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(out_dir)
+            )
+            state = decide_task.with_options(**cached)(name, stage_config, ingested, summaries.result(), out_dir)
+        global_seconds = time.perf_counter() - started
+        applied: list[Applied] = (
+            apply_task.with_options(**cached)
+            .map(unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(state), unmapped(out_dir))
+            .result()
+        )
+        shards = [a.kept for a in applied]
+        removed[name] = [a.removed for a in applied if a.removed]
+        scores[name] = [a.scores for a in applied if a.scores]
+        report = StageReport.from_shards(name, applied, extra_seconds=global_seconds)
+        reports.append(report)
+        logger.info("%s: %d -> %d rows (%d changed)", name, report.rows_in, report.rows_out, report.rows_changed)
+
+    record = RunRecord(
+        dataset=ds.name,
+        info=ingested.info,
+        fingerprint=fingerprint,
+        inputs=inputs,
+        config=payload,
+        config_hash=chash,
+        input_rows=input_rows,
+        final=shards,
+        removed=removed,
+        scores=scores,
+        stages=reports,
+    )
+    version, path = publish_task(record, cfg.output)
+    shutil.rmtree(work, ignore_errors=True)
+    stage_rows = [
+        {
+            "stage": r.stage,
+            "rows_in": r.rows_in if r.enabled else "off",
+            "rows_out": r.rows_out if r.enabled else "off",
+            "changed": r.rows_changed,
+            "top_reasons": ", ".join(f"{k} ({v})" for k, v in r.top_reasons()),
+        }
+        for r in reports
+    ]
+    create_table_artifact(key=_artifact_key(ds.name), table=stage_rows, description=f"{ds.name} {version}: rows per stage")
+    kept = sum(s.rows for s in shards)
+    create_markdown_artifact(
+        key=_artifact_key(ds.name).replace("-stages", "-summary"),
+        markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {input_rows - kept} removed.\n\nPublished at `{path}`.",
+        description=f"{ds.name} {version}",
+    )
+    return {
+        "status": "published",
+        "dataset": ds.name,
+        "version": version,
+        "path": path,
+        "input_rows": input_rows,
+        "kept_rows": kept,
+        "stages": [{**asdict(r), "top_reasons": r.top_reasons()} for r in reports],
+    }

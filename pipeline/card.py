@@ -1,0 +1,64 @@
+"""The dataset card (``README.md``) of a version.
+
+Its YAML header declares the Parquet files per split, which is what lets
+``datasets.load_dataset(<version folder>)`` open the version as it is; the body tells
+a person where the data came from and what each stage removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def render_card(manifest: dict[str, Any]) -> str:
+    splits = manifest["counts"]["splits"]
+    header = {
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in splits],
+            }
+        ],
+        "pretty_name": manifest["dataset"],
+        "tags": ["curated", manifest["kind"]],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {manifest['dataset']}",
+        "",
+        f"A {manifest['kind']} dataset (roles: {', '.join(manifest['roles'])}) curated by the pipeline "
+        f"{manifest['packages'].get('pipeline', '')} on {manifest['created']}.",
+        "",
+        "```python",
+        "import datasets",
+        'ds = datasets.load_dataset("<this folder>")',
+        "```",
+        "",
+        "## Rows",
+        "",
+        f"- input rows: {manifest['counts']['input_rows']}",
+        f"- kept: {manifest['counts']['kept_rows']}",
+        f"- removed: {manifest['counts']['removed_rows']} (each listed with its reason in `reports/removed.parquet`)",
+        *(f"- split `{name}`: {rows} rows" for name, rows in splits.items()),
+        "",
+        "## Stages",
+        "",
+        "| stage | rows in | rows out | changed | top removal reasons |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in manifest["stages"]:
+        if not s["enabled"]:
+            lines.append(f"| {s['stage']} | (off) | | | |")
+            continue
+        reasons = sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:3]
+        top = ", ".join(f"{k} ({v})" for k, v in reasons)
+        lines.append(f"| {s['stage']} | {s['rows_in']} | {s['rows_out']} | {s['rows_changed']} | {top} |")
+    lines += ["", "## Sources", ""]
+    lines += [f"- `{i['path']}` (sha256 `{i['sha256'][:16]}…`)" for i in manifest["inputs"]]
+    lines += ["", f"Config hash `{manifest['config_hash'][:16]}…`, fingerprint `{manifest['fingerprint'][:16]}…`.", ""]
+    return "\n".join(lines)

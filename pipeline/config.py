@@ -1,0 +1,186 @@
+"""The run configuration: a YAML file, validated by pydantic, overridable from the CLI.
+
+Every key is checked: an unknown key or a value of the wrong type is rejected with the
+key's dotted path, so a typo never silently falls back to a default. ``--set
+KEY=VALUE`` overrides any key, the value read as YAML (``--set
+stages.language.allowed=[en,de]``, ``--set stages.quality.enabled=false``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from pipeline.errors import PipelineError
+from pipeline.stages.base import StrictModel
+from pipeline.stages.exact_dedup import ExactDedupConfig
+from pipeline.stages.language import LanguageConfig
+from pipeline.stages.missing import MissingConfig
+from pipeline.stages.noise import NoiseConfig
+from pipeline.stages.normalize import NormalizeConfig
+from pipeline.stages.quality import QualityConfig
+
+DEFAULT_CONFIG_FILE = "pipeline.yaml"
+
+
+class ColumnsConfig(StrictModel):
+    """Which source column plays which role. Unset roles are found by common names."""
+
+    text: str | None = None
+    label: str | None = None
+    prompt: str | list[str] | None = None
+    """One column, or several joined by a blank line (Alpaca's instruction + input)."""
+    response: str | None = None
+    messages: str | None = None
+    id: str | None = None
+    """The source's id column; default ``id`` when present, else ids come from file
+    name and row position."""
+    drop: list[str] = []
+    """Source columns not to carry into the output."""
+
+
+class DatasetConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    inputs: list[str] = Field(min_length=1)
+    """Files, folders of a ``datasets.save_to_disk`` or globs, read in this order."""
+    format: Literal["auto", "parquet", "jsonl", "csv", "hf"] = "auto"
+    columns: ColumnsConfig = ColumnsConfig()
+
+
+class StagesConfig(StrictModel):
+    normalize: NormalizeConfig = NormalizeConfig()
+    noise: NoiseConfig = NoiseConfig()
+    missing: MissingConfig = MissingConfig()
+    language: LanguageConfig = LanguageConfig()
+    quality: QualityConfig = QualityConfig()
+    exact_dedup: ExactDedupConfig = ExactDedupConfig()
+
+
+class PipelineConfig(StrictModel):
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    output: str = "out"
+    shard_rows: int = Field(default=50_000, gt=0)
+    stages: StagesConfig = StagesConfig()
+
+    def fingerprint_payload(self, dataset: DatasetConfig) -> dict[str, Any]:
+        """What decides a dataset's content: its columns and the stage settings.
+
+        Input paths and the output folder are left out (the input *contents* are
+        hashed separately), so moving the files does not make a new version.
+        """
+        return {
+            "columns": dataset.columns.model_dump(mode="json"),
+            "format": dataset.format,
+            "stages": self.stages.model_dump(mode="json"),
+        }
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{path}: {msg}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=VALUE`` -> (["a", "b", "0", "c"], VALUE read as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise PipelineError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.language.allowed=[en,de]")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in nested dicts/lists, creating dicts on the way."""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise PipelineError(f"--set {'.'.join(path)}: {'.'.join(path[:i + 1])} is not an index of the list")
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part, {}), (dict, list)):
+            raise PipelineError(f"--set {'.'.join(path)}: {'.'.join(path[:i + 1])} is not a section")
+        node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise PipelineError(f"--set {'.'.join(path)}: {last} is not an index of the list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    inputs: list[str] | None = None,
+    output: str | None = None,
+    overrides: list[str] = (),
+) -> PipelineConfig:
+    """Read, merge and validate the configuration.
+
+    ``path`` defaults to ``pipeline.yaml`` in the working directory when it exists.
+    Input and output paths in a config file are relative to that file. ``inputs``
+    (from ``--input``) replace the file's datasets with one dataset named after the
+    first input, keeping the file's first dataset's column mapping.
+    """
+    data: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file() and not inputs:
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise PipelineError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(data, dict):
+            raise PipelineError(f"config file {path}: expected a mapping of keys at the top level")
+        base = path.parent
+        for ds in data.get("datasets") or []:
+            if isinstance(ds, dict) and isinstance(ds.get("inputs"), list):
+                ds["inputs"] = [str(base / p) if isinstance(p, str) else p for p in ds["inputs"]]
+        if isinstance(data.get("output"), str):
+            data["output"] = str(base / data["output"])
+    if inputs:
+        first = (data.get("datasets") or [{}])[0]
+        columns = first.get("columns", {}) if isinstance(first, dict) else {}
+        name = _name_from_path(inputs[0])
+        data["datasets"] = [{"name": name, "inputs": list(inputs), "columns": columns}]
+    if output is not None:
+        data["output"] = output
+    for item in overrides:
+        apply_override(data, *parse_override(item))
+    if not data.get("datasets"):
+        raise PipelineError(
+            f"no datasets to curate: pass --input PATH, or --config FILE, or create {DEFAULT_CONFIG_FILE} here"
+        )
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise PipelineError(_format_errors(err, source)) from err
+
+
+def _name_from_path(path: str) -> str:
+    """A dataset name from an input path: ``data/reviews*.jsonl`` -> ``reviews``."""
+    stem = Path(path.rstrip("/")).name.split(".")[0]
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).strip("_-")
+    return cleaned or "dataset"

@@ -1,0 +1,123 @@
+"""The canonical table every stage sees: roles as columns, plus bookkeeping columns.
+
+Readers rename the user's columns to role names (``text``, ``label``, ``prompt``,
+``response``, ``messages``), so stages never hard-code a source column name. Two
+bookkeeping columns travel with every row: ``row_id`` (stable, unique) and
+``changed_by`` (comma-separated names of the stages that rewrote the row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ROW_ID = "row_id"
+CHANGED_BY = "changed_by"
+ROLES = ("text", "label", "prompt", "response", "messages")
+TEXT_ROLES = ("text", "prompt", "response")
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What stages need to know about a dataset: its kind and which roles it has."""
+
+    kind: str
+    roles: tuple[str, ...]
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """Columns holding free text, cleaned field by field (prompt and response apart)."""
+        return tuple(r for r in (*TEXT_ROLES, "messages") if r in self.roles)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Roles a row cannot do without for this kind."""
+        return {
+            "text": ("text",),
+            "classification": ("text", "label"),
+            "instruction": ("messages",) if "messages" in self.roles else ("prompt", "response"),
+        }[self.kind]
+
+
+def kind_of(roles: set[str] | tuple[str, ...]) -> str | None:
+    """The dataset kind the roles imply, or None when they imply none."""
+    roles = set(roles)
+    if "messages" in roles or {"prompt", "response"} <= roles:
+        return "instruction"
+    if {"text", "label"} <= roles:
+        return "classification"
+    if "text" in roles:
+        return "text"
+    return None
+
+
+def field_strings(table: pa.Table, field: str) -> pa.Array:
+    """The strings of a text field as one flat array (message contents for ``messages``)."""
+    column = table.column(field).combine_chunks()
+    if field == "messages":
+        return pc.struct_field(pc.list_flatten(column), "content")
+    return column
+
+
+def replace_field_strings(table: pa.Table, field: str, strings: pa.Array) -> pa.Table:
+    """Put back strings obtained from :func:`field_strings` after a transformation."""
+    idx = table.schema.get_field_index(field)
+    if field != "messages":
+        return table.set_column(idx, field, strings.cast(table.schema.field(field).type))
+    column = table.column(field).combine_chunks()
+    flat = pc.list_flatten(column)
+    roles = pc.struct_field(flat, "role")
+    structs = pa.StructArray.from_arrays([roles, strings.cast(pa.string())], names=["role", "content"])
+    rebuilt = pa.ListArray.from_arrays(column.offsets, structs, mask=column.is_null())
+    return table.set_column(idx, field, rebuilt.cast(MESSAGE_TYPE))
+
+
+def row_changed(table: pa.Table, field: str, before: pa.Array, after: pa.Array) -> pa.Array:
+    """Per-row flag: did any string of ``field`` change between ``before`` and ``after``?"""
+    diff = pc.fill_null(pc.not_equal(before, after), False)
+    if field != "messages":
+        return diff
+    column = table.column(field).combine_chunks()
+    parents = pc.list_parent_indices(column)
+    flags = np.zeros(table.num_rows, dtype=bool)
+    hit = np.asarray(diff.to_numpy(zero_copy_only=False), dtype=bool)
+    flags[np.asarray(parents)[hit]] = True
+    return pa.array(flags)
+
+
+def transform_text_fields(
+    table: pa.Table, info: DatasetInfo, fn: Callable[[pa.Array], pa.Array]
+) -> tuple[pa.Table, pa.Array]:
+    """Apply a vectorised string function to every text field; return the table and a
+    per-row flag of the rows it changed."""
+    changed = np.zeros(table.num_rows, dtype=bool)
+    for field in info.text_fields:
+        before = field_strings(table, field)
+        after = fn(before)
+        changed |= np.asarray(row_changed(table, field, before, after).to_numpy(zero_copy_only=False))
+        table = replace_field_strings(table, field, after)
+    return table, pa.array(changed)
+
+
+def joined_text(table: pa.Table, info: DatasetInfo) -> pa.Array:
+    """One string per row joining all its text fields, for row-level judgements
+    (language, quality, dedup keys)."""
+    parts = []
+    for field in info.text_fields:
+        if field == "messages":
+            column = table.column(field).combine_chunks()
+            contents = pc.struct_field(column.values, "content")
+            joined = pc.binary_join(
+                pa.ListArray.from_arrays(column.offsets, pc.fill_null(contents, "")), "\n"
+            )
+            parts.append(pc.fill_null(joined, ""))
+        else:
+            parts.append(pc.fill_null(table.column(field).combine_chunks(), ""))
+    if len(parts) == 1:
+        return parts[0]
+    return pc.binary_join_element_wise(*parts, "\n")

@@ -1,0 +1,135 @@
+"""The stage contract: every stage, row-local or global, is the same three steps.
+
+A stage gets one shard (a ``pyarrow.Table`` in the canonical schema, see
+``pipeline.schema``) and returns the rows it keeps, the rows it removes with a reason,
+and counters. Global stages (exact dedup, later near-dedup and label errors) cannot
+decide from one shard alone, so the contract splits them in three:
+
+``summarize(shard)``  -> a small per-shard table (hashes, signatures, statistics)
+``decide(summaries)`` -> one global state table, computed once
+``apply(shard, state)`` -> :class:`StageOutput`
+
+Row-local stages only implement ``apply``. The orchestrator (``flows.curate``) calls
+the steps as Prefect tasks over shard paths, so the same code runs in-process or on a
+Dask cluster.
+
+Scoring and deciding stay separate: a stage that scores rows returns the scores of
+*every* row in ``StageOutput.scores``, and a threshold picks from them, so a threshold
+can be tuned from the report without re-running the stage.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.schema import CHANGED_BY, DatasetInfo
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that rejects unknown keys, so a typo in a config fails loudly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageConfig(StrictModel):
+    """Settings every stage shares."""
+
+    enabled: bool = True
+
+
+@dataclass
+class StageOutput:
+    """What one stage did to one shard."""
+
+    kept: pa.Table
+    removed: pa.Table
+    """Removed rows in the input schema plus ``reason`` and ``detail`` (JSON) columns."""
+    changed: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+    """Named counts: removal reasons, rule hits, fills. Summed across shards."""
+    scores: pa.Table | None = None
+    """``row_id`` plus one column per score, for every input row (kept or not)."""
+
+
+class Stage(ABC):
+    """Base class of all stages; subclasses set ``name``, ``config_model`` and ``kinds``."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[StageConfig]]
+    kinds: ClassVar[frozenset[str]] = frozenset({"text", "classification", "instruction"})
+    is_global: ClassVar[bool] = False
+    """True when the stage needs ``summarize`` and ``decide`` before ``apply``."""
+
+    def __init__(self, config: StageConfig, info: DatasetInfo) -> None:
+        self.config = config
+        self.info = info
+
+    def applies(self) -> bool:
+        return self.config.enabled and self.info.kind in self.kinds
+
+    def summarize(self, table: pa.Table) -> pa.Table:
+        raise NotImplementedError(f"stage {self.name} has no summarize step")
+
+    def decide(self, summaries: list[pa.Table]) -> pa.Table:
+        raise NotImplementedError(f"stage {self.name} has no decide step")
+
+    @abstractmethod
+    def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:
+        """Process one shard; ``state`` is ``decide``'s result for global stages."""
+
+
+def split_rows(
+    table: pa.Table,
+    drop: np.ndarray,
+    reasons: list[str] | np.ndarray,
+    details: list[dict[str, Any]] | None = None,
+) -> tuple[pa.Table, pa.Table, Counter[str]]:
+    """Split ``table`` by the boolean mask ``drop``.
+
+    ``reasons`` and ``details`` are given for the dropped rows only, in row order. The
+    returned removed table carries them as ``reason`` and ``detail`` (a JSON string),
+    and the counter counts rows per reason.
+    """
+    drop = np.asarray(drop, dtype=bool)
+    kept = table.filter(pa.array(~drop))
+    removed = table.filter(pa.array(drop))
+    reasons = [str(r) for r in reasons]
+    if len(reasons) != removed.num_rows:
+        raise ValueError(f"{len(reasons)} reasons for {removed.num_rows} removed rows")
+    details = details if details is not None else [{}] * removed.num_rows
+    removed = removed.append_column("reason", pa.array(reasons, pa.string()))
+    removed = removed.append_column(
+        "detail", pa.array([json.dumps(d, sort_keys=True, default=str) for d in details], pa.string())
+    )
+    return kept, removed, Counter(reasons)
+
+
+def mark_changed(table: pa.Table, changed: np.ndarray | pa.Array, stage: str) -> tuple[pa.Table, int]:
+    """Append ``stage`` to the ``changed_by`` column of the rows flagged in ``changed``."""
+    changed = pa.array(np.asarray(changed, dtype=bool)) if not isinstance(changed, pa.Array) else changed
+    n = pc.sum(changed).as_py() or 0
+    if n == 0:
+        return table, 0
+    old = table.column(CHANGED_BY)
+    appended = pc.if_else(
+        pc.equal(old, ""), pa.scalar(stage), pc.binary_join_element_wise(old, pa.scalar(stage), ",")
+    )
+    new = pc.if_else(changed, appended, old)
+    idx = table.schema.get_field_index(CHANGED_BY)
+    return table.set_column(idx, CHANGED_BY, new), int(n)
+
+
+def no_removals(table: pa.Table) -> pa.Table:
+    """An empty removed table with the right schema."""
+    empty = table.slice(0, 0)
+    empty = empty.append_column("reason", pa.array([], pa.string()))
+    return empty.append_column("detail", pa.array([], pa.string()))

@@ -1,0 +1,28 @@
+"""The stages in the order they run, looked up by name.
+
+Order matters: text is repaired and stripped of noise before a row is judged empty,
+and judged by language and quality before the surviving rows are deduplicated.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pipeline.stages.base import Stage
+
+STAGE_ORDER: tuple[str, ...] = ("normalize", "noise", "missing", "language", "quality", "exact_dedup")
+
+_CLASSES = {
+    "normalize": "pipeline.stages.normalize:NormalizeStage",
+    "noise": "pipeline.stages.noise:NoiseStage",
+    "missing": "pipeline.stages.missing:MissingStage",
+    "language": "pipeline.stages.language:LanguageStage",
+    "quality": "pipeline.stages.quality:QualityStage",
+    "exact_dedup": "pipeline.stages.exact_dedup:ExactDedupStage",
+}
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The class implementing stage ``name``."""
+    module, _, cls = _CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,161 @@
+"""The units of work the curate flow schedules, each from paths to paths.
+
+Tasks pass shard paths, never data frames: a path pickles in microseconds, a frame
+in seconds, and a path means the same thing on a Dask worker as in the flow process.
+Every output is written to a temporary name and renamed, so a run killed mid-write
+leaves no half file behind for the resumed run to pick up. Output folders are named
+by a key hashing everything the output depends on, so a resumed run finds its own
+files and a changed config never reads stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import DatasetConfig
+from pipeline.errors import PipelineError
+from pipeline.readers import Reader
+from pipeline.schema import ROW_ID, DatasetInfo
+from pipeline.stages.base import Stage
+from pipeline.stages.registry import stage_class
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+@dataclass
+class Ingested:
+    shards: list[Shard]
+    kind: str
+    roles: tuple[str, ...]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.kind, self.roles)
+
+
+@dataclass
+class Applied:
+    """One stage's output for one shard."""
+
+    kept: Shard
+    removed: str | None
+    scores: str | None
+    rows_in: int
+    changed: int
+    seconds: float
+    counters: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Removed rows per reason."""
+
+
+def step_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write Parquet atomically: a temporary name in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
+    """Read the inputs into canonical shards under ``work_dir/ingest``.
+
+    ``dataset`` is a ``DatasetConfig`` as a dict (Prefect parameters must be plain
+    data). Duplicate row ids across all inputs are an error: the ledger could not
+    tell the rows apart.
+    """
+    reader = Reader(DatasetConfig.model_validate(dataset), shard_rows)
+    out = Path(work_dir) / "ingest"
+    shards, ids = [], []
+    for i, table in enumerate(reader.shards()):
+        path = out / f"shard-{i:05d}.parquet"
+        write_table(table, path)
+        shards.append(Shard(str(path), table.num_rows))
+        ids.append(table.column(ROW_ID))
+    if not shards:
+        raise PipelineError(f"dataset {dataset['name']}: the inputs hold no rows ({', '.join(dataset['inputs'])})")
+    all_ids = pa.chunked_array([c for ch in ids for c in ch.chunks], pa.string())
+    counts = pc.value_counts(all_ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        raise PipelineError(
+            f"dataset {dataset['name']}: id {dup[0]['values'].as_py()!r} occurs {dup[0]['counts'].as_py()} times "
+            f"({len(dup)} duplicated ids); row ids must be unique (set columns.id, or drop the id column)"
+        )
+    info = reader.info
+    return Ingested(shards=shards, kind=info.kind, roles=info.roles)
+
+
+def make_stage(name: str, config: dict[str, Any], info: DatasetInfo) -> Stage:
+    cls = stage_class(name)
+    return cls(cls.config_model.model_validate(config), info)
+
+
+def summarize(name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, out_dir: str) -> str:
+    """A global stage's per-shard summary, written next to the stage's outputs."""
+    stage = make_stage(name, config, ingested.info)
+    path = Path(out_dir) / "summaries" / f"{shard.name}.parquet"
+    write_table(stage.summarize(pq.read_table(shard.path)), path)
+    return str(path)
+
+
+def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> str:
+    """A global stage's decision over all shard summaries, in shard order."""
+    stage = make_stage(name, config, ingested.info)
+    state = stage.decide([pq.read_table(p) for p in summaries])
+    path = Path(out_dir) / "state.parquet"
+    write_table(state, path)
+    return str(path)
+
+
+def apply(
+    name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, state: str | None, out_dir: str
+) -> Applied:
+    """Run a stage on one shard; kept rows, removed rows and scores go to ``out_dir``."""
+    started = time.perf_counter()
+    stage = make_stage(name, config, ingested.info)
+    table = pq.read_table(shard.path)
+    result = stage.apply(table, pq.read_table(state) if state else None)
+    out = Path(out_dir)
+    kept_path = out / "kept" / f"{shard.name}.parquet"
+    write_table(result.kept, kept_path)
+    removed_path = scores_path = None
+    if result.removed.num_rows:
+        removed_path = out / "removed" / f"{shard.name}.parquet"
+        write_table(result.removed, removed_path)
+    if result.scores is not None:
+        scores_path = out / "scores" / f"{shard.name}.parquet"
+        write_table(result.scores, scores_path)
+    reasons = {r["values"]: r["counts"] for r in pc.value_counts(result.removed.column("reason")).to_pylist()}
+    return Applied(
+        kept=Shard(str(kept_path), result.kept.num_rows),
+        removed=str(removed_path) if removed_path else None,
+        scores=str(scores_path) if scores_path else None,
+        rows_in=table.num_rows,
+        changed=result.changed,
+        seconds=time.perf_counter() - started,
+        counters={k: int(v) for k, v in result.counters.items()},
+        reasons=reasons,
+    )

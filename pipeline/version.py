@@ -1,0 +1,200 @@
+"""Assemble a version from a finished run and publish it: data, reports, card, manifest.
+
+This is where the ledger is closed: every input row must be either in the data or in
+``reports/removed.parquet``, exactly once, or nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import pipeline
+from pipeline.card import render_card
+from pipeline.schema import ROW_ID, DatasetInfo
+from pipeline.steps import Applied, Shard, write_table
+from pipeline.store import Store
+
+LEDGER_COLUMNS = (ROW_ID, "stage", "reason", "detail")
+PACKAGES = ("pyarrow", "pandas", "numpy", "ftfy", "langdetect", "datasketch", "pydantic", "prefect", "datasets")
+
+
+class LedgerError(RuntimeError):
+    """The row ledger does not balance: a bug, so nothing is published."""
+
+
+@dataclass
+class StageReport:
+    stage: str
+    enabled: bool
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_changed: int = 0
+    seconds: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_removed(self) -> int:
+        return self.rows_in - self.rows_out
+
+    def top_reasons(self, n: int = 3) -> list[tuple[str, int]]:
+        return sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    @classmethod
+    def from_shards(cls, stage: str, results: list[Applied], extra_seconds: float = 0.0) -> "StageReport":
+        return cls(
+            stage=stage,
+            enabled=True,
+            rows_in=sum(r.rows_in for r in results),
+            rows_out=sum(r.kept.rows for r in results),
+            rows_changed=sum(r.changed for r in results),
+            seconds=sum(r.seconds for r in results) + extra_seconds,
+            counters=_sum_counts(r.counters for r in results),
+            reasons=_sum_counts(r.reasons for r in results),
+        )
+
+
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return {k: int(v) for k, v in sorted(total.items())}
+
+
+@dataclass
+class RunRecord:
+    """Everything a finished run hands to publishing."""
+
+    dataset: str
+    info: DatasetInfo
+    fingerprint: str
+    inputs: list[dict[str, Any]]
+    config: dict[str, Any]
+    config_hash: str
+    input_rows: int
+    final: list[Shard]
+    removed: dict[str, list[str]]
+    """stage -> removed-row files."""
+    scores: dict[str, list[str]]
+    """stage -> per-row report files."""
+    stages: list[StageReport]
+
+
+def _concat(paths: list[str]) -> pa.Table | None:
+    tables = [pq.read_table(p) for p in paths]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def _ledger(record: RunRecord) -> pa.Table:
+    parts = []
+    for stage, paths in record.removed.items():
+        table = _concat(paths)
+        if table is None:
+            continue
+        parts.append(table.add_column(1, "stage", pa.array([stage] * table.num_rows, pa.string())))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in LEDGER_COLUMNS})
+    removed = pa.concat_tables(parts, promote_options="permissive")
+    order = list(LEDGER_COLUMNS) + [c for c in removed.column_names if c not in LEDGER_COLUMNS]
+    return removed.select(order)
+
+
+def check_ledger(input_rows: int, kept_ids: pa.ChunkedArray, removed_ids: pa.ChunkedArray) -> None:
+    """``input rows = kept + removed``, and no row both kept and removed or counted twice."""
+    kept, removed = len(kept_ids), len(removed_ids)
+    if kept + removed != input_rows:
+        raise LedgerError(f"ledger does not balance: {input_rows} input rows, {kept} kept + {removed} removed")
+    everything = pa.chunked_array(kept_ids.chunks + removed_ids.chunks, pa.string())
+    if pc.count_distinct(everything).as_py() != input_rows:
+        raise LedgerError("ledger does not balance: a row id is both kept and removed, or listed twice")
+
+
+def _stages_table(stages: list[StageReport]) -> pa.Table:
+    return pa.table(
+        {
+            "stage": [s.stage for s in stages],
+            "enabled": [s.enabled for s in stages],
+            "rows_in": pa.array([s.rows_in for s in stages], pa.int64()),
+            "rows_out": pa.array([s.rows_out for s in stages], pa.int64()),
+            "rows_removed": pa.array([s.rows_removed for s in stages], pa.int64()),
+            "rows_changed": pa.array([s.rows_changed for s in stages], pa.int64()),
+            "seconds": pa.array([round(s.seconds, 4) for s in stages], pa.float64()),
+            "reasons": [json.dumps(s.reasons, sort_keys=True) for s in stages],
+            "counters": [json.dumps(s.counters, sort_keys=True) for s in stages],
+        }
+    )
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "pipeline": pipeline.__version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
+    """Fill ``staging`` with data, reports and card; return the manifest to publish."""
+    data = staging / "data"
+    data.mkdir()
+    final = [s for s in record.final if s.rows] or record.final[:1]
+    for i, shard in enumerate(final):
+        shutil.copyfile(shard.path, data / f"train-{i:05d}-of-{len(final):05d}.parquet")
+    kept_ids = pa.chunked_array(
+        [c for s in final for c in pq.read_table(s.path, columns=[ROW_ID]).column(ROW_ID).chunks], pa.string()
+    )
+    reports = staging / "reports"
+    ledger = _ledger(record)
+    check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
+    write_table(ledger, reports / "removed.parquet")
+    write_table(_stages_table(record.stages), reports / "stages.parquet")
+    for stage, paths in record.scores.items():
+        table = _concat(paths)
+        if table is not None:
+            write_table(table, reports / f"{stage}.parquet")
+    manifest = {
+        "dataset": record.dataset,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": record.fingerprint,
+        "kind": record.info.kind,
+        "roles": list(record.info.roles),
+        "inputs": record.inputs,
+        "config": record.config,
+        "config_hash": record.config_hash,
+        "packages": package_versions(),
+        "counts": {
+            "input_rows": record.input_rows,
+            "kept_rows": len(kept_ids),
+            "removed_rows": ledger.num_rows,
+            "splits": {"train": len(kept_ids)},
+        },
+        "stages": [{**asdict(s), "rows_removed": s.rows_removed} for s in record.stages],
+    }
+    (staging / "README.md").write_text(render_card(manifest))
+    return manifest
+
+
+def publish(record: RunRecord, store: Store) -> tuple[str, Path]:
+    """Write the version to a staging folder and publish it, or leave nothing behind."""
+    staging = store.new_staging()
+    try:
+        manifest = write_version(record, staging)
+        return store.publish(staging, manifest)
+    except BaseException:
+        store.discard(staging)
+        raise

@@ -1,0 +1,103 @@
+"""The CLI end to end: the README's main command on sample_data/, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import REPO
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.flow
+def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
+    import datasets
+
+    out = tmp_path / "out"
+    first = cli("run", "--output", str(out))
+    assert first.returncode == 0, first.stderr
+    for name in ("classification", "instruction"):
+        version = out / name / "v0001"
+        assert (out / name / "LATEST").read_text().strip() == "v0001"
+        assert f"published {version}" in first.stdout.replace("\n", "")
+        manifest = json.loads((version / "manifest.json").read_text())
+        removed = pq.read_table(version / "reports" / "removed.parquet")
+        kept = datasets.load_dataset(str(version), split="train")
+        assert len(kept) + removed.num_rows == manifest["counts"]["input_rows"]
+        assert removed.num_rows > 0 and removed.column("reason").null_count == 0
+        reasons = set(removed.column("reason").to_pylist())
+        assert "exact_duplicate" in reasons and any(r.startswith("language:") for r in reasons)
+    assert "exact_dedup" in first.stdout and "rows in" in first.stdout
+    second = cli("run", "--output", str(out))
+    assert second.returncode == 0, second.stderr
+    assert "match v0001" in second.stdout and not (out / "classification" / "v0002").exists()
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess, out: Path, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert not list(out.glob("*/v*"))
+
+
+def test_missing_input_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("run", "--input", str(tmp_path / "nope.jsonl"), "--output", str(out))
+    _assert_clean_failure(result, out, "input not found", "nope.jsonl")
+
+
+def test_unreadable_parquet(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 garbage")
+    out = tmp_path / "out"
+    _assert_clean_failure(cli("run", "--input", str(bad), "--output", str(out)), out, "bad.parquet", "cannot read it as parquet")
+
+
+def test_mapped_column_that_does_not_exist(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("run", "--input", str(REPO / "sample_data" / "classification.jsonl"), "--output", str(out), "--set", "datasets.0.columns.label=category")
+    _assert_clean_failure(result, out, "columns.label", "'category' not found", "classification.jsonl")
+
+
+def test_invalid_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("datasets: [{name: a, inputs: [x.jsonl]}]\nstages:\n  quality:\n    min_words: lots\n")
+    out = tmp_path / "out"
+    _assert_clean_failure(cli("run", "--config", str(cfg), "--output", str(out)), out, "stages.quality.min_words")
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    "table,needle",
+    [
+        (pa.table({"text": [1, 2, 3]}), "holds int64, expected text"),
+        (pa.table({"text": pa.array([], pa.string())}), "hold no rows"),
+    ],
+    ids=["wrong-type", "empty"],
+)
+def test_bad_content_fails_in_process(tmp_path: Path, capsys: pytest.CaptureFixture, table: pa.Table, needle: str) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path)
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(path), "--output", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and str(path) in err[0]
+    assert not list(out.glob("*/v*"))

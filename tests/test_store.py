@@ -1,0 +1,87 @@
+"""The versioned store: numbering, LATEST, atomic publish, the ledger check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline import version as version_module
+from pipeline.schema import DatasetInfo
+from pipeline.steps import Shard, write_table
+from pipeline.store import Store
+from pipeline.version import LedgerError, RunRecord, StageReport, publish
+
+
+def make_record(tmp_path: Path, kept_ids: list[str], removed_ids: list[str], input_rows: int) -> RunRecord:
+    kept = tmp_path / "kept.parquet"
+    write_table(pa.table({"row_id": kept_ids, "text": ["t"] * len(kept_ids), "changed_by": [""] * len(kept_ids)}), kept)
+    removed = tmp_path / "removed.parquet"
+    n = len(removed_ids)
+    write_table(
+        pa.table({"row_id": removed_ids, "text": ["x"] * n, "changed_by": [""] * n, "reason": ["r"] * n, "detail": ["{}"] * n}),
+        removed,
+    )
+    return RunRecord(
+        dataset="d",
+        info=DatasetInfo("text", ("text",)),
+        fingerprint="f" * 64,
+        inputs=[{"path": "in.jsonl", "label": "in.jsonl", "sha256": "0" * 64}],
+        config={},
+        config_hash="c" * 64,
+        input_rows=input_rows,
+        final=[Shard(str(kept), len(kept_ids))],
+        removed={"missing": [str(removed)]} if n else {},
+        scores={},
+        stages=[StageReport("missing", True, input_rows, len(kept_ids), 0, 0.1, {}, {"r": n})],
+    )
+
+
+def test_versions_are_numbered_and_latest_follows(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out", "d")
+    record = make_record(tmp_path, ["a", "b"], ["c"], 3)
+    v1, p1 = publish(record, store)
+    v2, _ = publish(record, store)
+    assert (v1, v2) == ("v0001", "v0002")
+    assert store.versions() == ["v0001", "v0002"] and store.latest() == "v0002"
+    assert store.manifest("v0001")["version"] == "v0001"
+    assert store.find_fingerprint("f" * 64) == "v0002" and store.find_fingerprint("0" * 64) is None
+    assert sorted(p.name for p in (p1 / "reports").iterdir()) == ["removed.parquet", "stages.parquet"]
+    assert [p.name for p in store.dir.iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_unbalanced_ledger_publishes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out", "d")
+    with pytest.raises(LedgerError, match="4 input rows, 2 kept \\+ 1 removed"):
+        publish(make_record(tmp_path, ["a", "b"], ["c"], 4), store)
+    with pytest.raises(LedgerError, match="both kept and removed"):
+        publish(make_record(tmp_path, ["a", "b"], ["b"], 3), store)
+    assert store.versions() == [] and store.latest() is None
+    assert list(store.dir.iterdir()) == [] or all(p.name == ".lock" for p in store.dir.iterdir())
+
+
+def test_failure_mid_publish_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "out", "d")
+    publish(make_record(tmp_path, ["a"], [], 1), store)
+
+    def broken_card(manifest: dict) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(version_module, "render_card", broken_card)
+    with pytest.raises(OSError, match="disk full"):
+        publish(make_record(tmp_path, ["a"], [], 1), store)
+    assert store.versions() == ["v0001"] and store.latest() == "v0001"
+    assert not [p for p in store.dir.iterdir() if p.name.startswith(".staging")]
+
+
+def test_failure_in_the_rename_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "out", "d")
+
+    def failing_rename(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr("pipeline.store.os.rename", failing_rename)
+    with pytest.raises(OSError):
+        publish(make_record(tmp_path, ["a"], [], 1), store)
+    assert store.versions() == [] and store.latest() is None
