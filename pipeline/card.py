@@ -18,7 +18,9 @@ def render_card(manifest: dict[str, Any]) -> str:
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in splits],
+                "data_files": [
+                    {"split": split, "path": f"data/{split}-{manifest['fingerprint'][:12]}-*.parquet"} for split in splits
+                ],
             }
         ],
         "pretty_name": manifest["dataset"],

@@ -40,12 +40,33 @@ def _prepare_prefect(output: str, verbose: bool) -> None:
     """Hermetic Prefect defaults; must run before ``prefect`` is imported."""
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(Path(output).resolve() / ".prefect"))
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes no parents
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+class _HideInputErrors(logging.Filter):
+    """Drop Prefect's log records about a ``PipelineError``.
+
+    Such an error is the user's input or config, and the CLI reports it in one line;
+    Prefect would also log it, with a traceback, once per task and once per flow.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, PipelineError) and "PipelineError" not in record.getMessage()
+
+
+def _hide_input_errors_in_prefect_logs() -> None:
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in names)]:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _HideInputErrors) for f in handler.filters):
+                handler.addFilter(_HideInputErrors())
 
 
 def _print_result(console: Any, result: dict[str, Any]) -> None:
@@ -97,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.curate import curate
 
+    _hide_input_errors_in_prefect_logs()
     payload = config.model_dump(mode="json")
     for dataset in config.datasets:
         result = curate(config=payload, dataset=dataset.name)

@@ -148,13 +148,24 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def data_file_name(split: str, fingerprint: str, index: int, count: int) -> str:
+    """``train-<fingerprint>-00000-of-00002.parquet``.
+
+    The fingerprint in the name is not decoration: ``datasets`` caches a loaded folder
+    under a key made from the folder's name and the card's file patterns, so two
+    versions with the same patterns (every ``v0001``) would share one cache entry and
+    the second would load the first one's rows.
+    """
+    return f"{split}-{fingerprint[:12]}-{index:05d}-of-{count:05d}.parquet"
+
+
 def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     """Fill ``staging`` with data, reports and card; return the manifest to publish."""
     data = staging / "data"
     data.mkdir()
     final = [s for s in record.final if s.rows] or record.final[:1]
     for i, shard in enumerate(final):
-        shutil.copyfile(shard.path, data / f"train-{i:05d}-of-{len(final):05d}.parquet")
+        shutil.copyfile(shard.path, data / data_file_name("train", record.fingerprint, i, len(final)))
     kept_ids = pa.chunked_array(
         [c for s in final for c in pq.read_table(s.path, columns=[ROW_ID]).column(ROW_ID).chunks], pa.string()
     )

@@ -46,7 +46,7 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     path = Path(result["path"])
     kept = datasets.load_dataset(str(path), split="train")
     removed = pq.read_table(path / "reports" / "removed.parquet").to_pylist()
-    assert sorted(kept["row_id"] + [r["row_id"] for r in removed]) == sorted(r["id"] for r in ROWS)
+    assert sorted(list(kept["row_id"]) + [r["row_id"] for r in removed]) == sorted(r["id"] for r in ROWS)
     reasons = {r["row_id"]: r["reason"] for r in removed}
     assert reasons == {"2": "exact_duplicate", "4": "missing:text", "5": "language:de"}
     assert json.loads(next(r for r in removed if r["row_id"] == "2")["detail"]) == {"duplicate_of": "1"}
@@ -68,6 +68,11 @@ def test_rerun_publishes_nothing_and_a_change_publishes_a_new_version(tmp_path: 
     assert again["status"] == "unchanged" and again["version"] == first["version"]
     changed = curate(tmp_path, "stages.language.allowed=[en,de]")
     assert changed["version"] == "v0002" and changed["kept_rows"] == first["kept_rows"] + 1
+    # Both versions load with their own rows (datasets' cache must not mix them up).
+    import datasets
+
+    assert len(datasets.load_dataset(first["path"], split="train")) == first["kept_rows"]
+    assert len(datasets.load_dataset(changed["path"], split="train")) == changed["kept_rows"]
 
 
 def test_disabled_stage_is_reported_off(tmp_path: Path) -> None:
