@@ -112,8 +112,10 @@ class QualityConfig(StageConfig):
     """Mean word length, symbol ratio and alphabetic share only judge rows this long."""
     min_lines_for_line_checks: int | None = Field(3, ge=0)
     """Ellipsis and bullet line shares only judge rows with this many non-empty lines."""
-    min_words_for_repetition: int | None = Field(20, ge=0)
-    """Duplicate-line and n-gram checks only judge rows this long."""
+    min_words_for_repetition: int | None = Field(50, ge=0)
+    """Duplicate-line and n-gram checks only judge rows this long. Gopher's shares were
+    made for web pages; on a two-line quote one repeated phrase ("because he is a")
+    already covers 20% of the words, so short rows are not judged on repetition."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,8 @@ class _Words:
         word bytes are never zero); a longer one gets a hash of its 8-byte blocks and
         length (up to ``_HASHED_WORD_BYTES``) or of its dictionary index (beyond), with
         the top bit set. Letters are found from the bytes for words starting with an
-        ASCII letter and for ASCII words of up to 8 bytes, by a ``\\p{L}`` regex else.
+        ASCII letter and for ASCII words of up to 8 bytes, otherwise by a ``\\p{L}``
+        regex.
         """
         m, size = len(self.starts), len(self.buf)
         nbytes = self.nbytes
