@@ -3,15 +3,13 @@
 Tasks pass shard paths, never data frames: a path pickles in microseconds, a frame
 in seconds, and a path means the same thing on a Dask worker as in the flow process.
 Every output is written to a temporary name and renamed, so a run killed mid-write
-leaves no half file behind for the resumed run to pick up. Output folders are named
-by a key hashing everything the output depends on, so a resumed run finds its own
-files and a changed config never reads stale ones.
+leaves no half file behind for the resumed run to pick up. Outputs live in the run's
+work folder, named by the run's fingerprint, so a resumed run finds its own files and
+a changed input or config never reads stale ones.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import uuid
@@ -65,10 +63,6 @@ class Applied:
     counters: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     """Removed rows per reason."""
-
-
-def step_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_table(table: pa.Table, path: Path) -> None:
