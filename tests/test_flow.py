@@ -112,3 +112,16 @@ def test_bad_input_inside_the_flow_is_a_pipeline_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError):
         curate_flow(config=cfg.model_dump(mode="json"), dataset=cfg.datasets[0].name)
     assert not (tmp_path / "out" / "empty").exists() or not list((tmp_path / "out" / "empty").glob("v*"))
+
+
+def test_stage_table_is_published_as_a_prefect_artifact(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    curate(tmp_path)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-stages"])))
+    assert found, "no stage-table artifact"
+    rows = found[0].data if isinstance(found[0].data, list) else json.loads(found[0].data)
+    assert [r["stage"] for r in rows][:2] == ["normalize", "noise"]
+    assert any("exact_duplicate" in r["top_reasons"] for r in rows)

@@ -67,3 +67,33 @@ def test_message_contents_are_cleaned() -> None:
     messages = pa.array([[{"role": "user", "content": "hi  there"}, {"role": "assistant", "content": "ok"}]], MESSAGE_TYPE)
     out = run(canonical(messages=messages), info)
     assert out.kept.column("messages").to_pylist() == [[{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "ok"}]]
+
+
+def test_every_planted_mojibake_row_of_sample_data_is_repaired() -> None:
+    import json
+
+    from tests.conftest import REPO
+
+    planted = json.loads((REPO / "sample_data" / "planted.json").read_text())["files"]
+    rows = {}
+    for name in ("classification", "instruction"):
+        for line in (REPO / "sample_data" / f"{name}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            rows[row["id"]] = row
+        details = planted[name]["problems"]["mojibake"]["details"]
+        ids = sorted(details)
+        fields = {details[i]["field"] for i in ids}
+        for field in fields:
+            these = [i for i in ids if details[i]["field"] == field]
+            out = run(canonical(text=[rows[i][field] for i in these]), fix_unicode=True, collapse_whitespace=False)
+            assert out.kept.column("text").to_pylist() == [details[i]["repaired"] for i in these]
+
+
+def test_correct_typography_does_not_go_through_ftfy(monkeypatch) -> None:
+    from pipeline.stages import normalize
+
+    seen: list[str] = []
+    real = normalize.ftfy.fix_text
+    monkeypatch.setattr(normalize.ftfy, "fix_text", lambda text, config=None: seen.append(text) or real(text, config))
+    run(canonical(text=["“Quoted” — déjà vu, naïve São Paulo", "â€œbrokenâ€\x9d"]))
+    assert seen == ["â€œbrokenâ€\x9d"]

@@ -1,9 +1,15 @@
 """Stage ``normalize``: repair broken Unicode (ftfy), drop control characters, tidy
 whitespace.
 
-ftfy costs a Python call per string, so it only sees strings that can need it:
-pure-ASCII text cannot hold mojibake, and on typical English data that skips most
-rows. Everything else is vectorised with ``pyarrow.compute``.
+ftfy costs a Python call per string (~0.3 ms), so it only sees strings that can need
+it. Pure-ASCII text cannot hold mojibake. Of the rest, one vectorised regex keeps the
+strings holding what mojibake is made of: a character that UTF-8 lead bytes decode to
+in Latin-1 / Windows-1252 (``Ã``, ``Â``, ``â``, ``Ð``…) followed by one that
+continuation bytes decode to (``©``, ``€``, ``™``, ``œ``…), plus the other damage ftfy
+repairs (C1 controls, terminal escapes, ligatures, surrogates, replacement
+characters). Curly quotes, dashes and accented words in correct text do not match, so
+real non-English or typographic text skips ftfy too. Everything else is vectorised
+with ``pyarrow.compute``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ import pyarrow.compute as pc
 
 from pipeline.schema import transform_text_fields
 from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, no_removals
+
+# Lead-byte character then continuation-byte character, as Latin-1 or Windows-1252
+# decode them; or any other damage ftfy repairs.
+_CP1252_CONTINUATION = "\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
+_MAYBE_DAMAGED = (
+    rf"[\x{{c2}}-\x{{f4}}][\x{{80}}-\x{{bf}}{_CP1252_CONTINUATION}]"
+    r"|[\x{c2}\x{c3}] "  # a lost no-break space: "Ã " was "à"
+    r"|[\x{80}-\x{9f}\x{1b}\x{fffd}\x{fb00}-\x{fb06}\x{ff01}-\x{ff5e}]"
+)
 
 # C0 controls except tab and newline, DEL and C1 controls; carriage returns become newlines.
 _CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{200b}\x{feff}]"
@@ -42,8 +57,12 @@ class NormalizeStage(Stage):
     _ftfy_config = ftfy.TextFixerConfig(unescape_html=False, uncurl_quotes=False)
 
     def _fix_unicode(self, strings: pa.Array) -> tuple[pa.Array, int]:
-        needs = pc.invert(pc.fill_null(pc.string_is_ascii(strings), True))
-        idx = np.flatnonzero(needs.to_numpy(zero_copy_only=False))
+        non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(strings), True))
+        candidates = np.flatnonzero(non_ascii.to_numpy(zero_copy_only=False))
+        if len(candidates) == 0:
+            return strings, 0
+        damaged = pc.match_substring_regex(strings.take(pa.array(candidates)), _MAYBE_DAMAGED)
+        idx = candidates[np.asarray(pc.fill_null(damaged, False).to_numpy(zero_copy_only=False), dtype=bool)]
         if len(idx) == 0:
             return strings, 0
         values = strings.to_pylist()
