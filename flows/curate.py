@@ -79,8 +79,9 @@ def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> tuple[str, list[d
     return fingerprint, inputs, payload, chash
 
 
-def _artifact_key(dataset: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + "-stages"
+def _artifact_key(dataset: str, what: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + f"-{what}"
 
 
 @flow(name="curate", log_prints=False)
@@ -159,10 +160,10 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         }
         for r in reports
     ]
-    create_table_artifact(key=_artifact_key(ds.name), table=stage_rows, description=f"{ds.name} {version}: rows per stage")
+    create_table_artifact(key=_artifact_key(ds.name, "stages"), table=stage_rows, description=f"{ds.name} {version}: rows per stage")
     kept = sum(s.rows for s in shards)
     create_markdown_artifact(
-        key=_artifact_key(ds.name).replace("-stages", "-summary"),
+        key=_artifact_key(ds.name, "summary"),
         markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {input_rows - kept} removed.\n\nPublished at `{path}`.",
         description=f"{ds.name} {version}",
     )
