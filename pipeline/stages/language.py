@@ -23,6 +23,7 @@ is fast.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -52,6 +53,7 @@ _NOISE = (
 )
 
 
+@functools.lru_cache(maxsize=1024)  # a few hundred labels, called once per row
 def normalize_code(code: str) -> str:
     """``zh-cn``, ``zh-tw``, ``__label__en`` -> ``zh``, ``zh``, ``en``."""
     code = code.removeprefix("__label__").lower()
