@@ -27,7 +27,7 @@ from pipeline import steps
 from pipeline.config import PipelineConfig, config_hash
 from pipeline.readers import expand_inputs, file_sha256
 from pipeline.stages.registry import STAGE_ORDER
-from pipeline.steps import Applied, Ingested, Shard
+from pipeline.steps import Applied, Decided, Ingested, Shard
 from pipeline.store import Store
 from pipeline.version import RunRecord, StageReport, publish
 
@@ -45,7 +45,7 @@ def summarize_task(name: str, config: dict[str, Any], ingested: Ingested, shard:
 
 
 @task(name="decide", task_run_name="{name}-decide", **_CACHED)
-def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> str:
+def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
     return steps.decide(name, config, ingested, summaries, out_dir)
 
 
@@ -116,12 +116,13 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
             continue
         out_dir = str(work / f"{index}-{name}")
         started = time.perf_counter()
-        state = None
+        state, decision = None, {}
         if stage.is_global:
             summaries = summarize_task.with_options(**cached).map(
                 unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(out_dir)
             )
-            state = decide_task.with_options(**cached)(name, stage_config, ingested, summaries.result(), out_dir)
+            decided = decide_task.with_options(**cached)(name, stage_config, ingested, summaries.result(), out_dir)
+            state, decision = decided.state, decided.stats
         global_seconds = time.perf_counter() - started
         applied: list[Applied] = (
             apply_task.with_options(**cached)
@@ -130,8 +131,8 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         )
         shards = [a.kept for a in applied]
         removed[name] = [a.removed for a in applied if a.removed]
-        scores[name] = [a.scores for a in applied if a.scores]
-        report = StageReport.from_shards(name, applied, extra_seconds=global_seconds)
+        scores[stage.report_name or name] = [a.scores for a in applied if a.scores]
+        report = StageReport.from_shards(name, applied, extra_seconds=global_seconds, decision=decision)
         reports.append(report)
         logger.info("%s: %d -> %d rows (%d changed)", name, report.rows_in, report.rows_out, report.rows_changed)
 

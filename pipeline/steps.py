@@ -25,7 +25,7 @@ from pipeline.config import DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.readers import Reader
 from pipeline.schema import ROW_ID, DatasetInfo
-from pipeline.stages.base import Stage
+from pipeline.stages.base import Stage, stats_of
 from pipeline.stages.registry import stage_class
 
 
@@ -115,13 +115,20 @@ def summarize(name: str, config: dict[str, Any], ingested: Ingested, shard: Shar
     return str(path)
 
 
-def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> str:
+@dataclass(frozen=True)
+class Decided:
+    state: str
+    stats: dict[str, Any]
+    """Figures of the decision (see ``stages.base.with_stats``)."""
+
+
+def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
     """A global stage's decision over all shard summaries, in shard order."""
     stage = make_stage(name, config, ingested.info)
     state = stage.decide([pq.read_table(p) for p in summaries])
     path = Path(out_dir) / "state.parquet"
     write_table(state, path)
-    return str(path)
+    return Decided(str(path), stats_of(state))
 
 
 def apply(

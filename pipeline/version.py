@@ -45,6 +45,8 @@ class StageReport:
     seconds: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    decision: dict[str, Any] = field(default_factory=dict)
+    """A global stage's decision figures (e.g. LSH bands, cluster sizes)."""
 
     @property
     def rows_removed(self) -> int:
@@ -54,7 +56,9 @@ class StageReport:
         return sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
     @classmethod
-    def from_shards(cls, stage: str, results: list[Applied], extra_seconds: float = 0.0) -> "StageReport":
+    def from_shards(
+        cls, stage: str, results: list[Applied], extra_seconds: float = 0.0, decision: dict[str, Any] | None = None
+    ) -> "StageReport":
         return cls(
             stage=stage,
             enabled=True,
@@ -64,6 +68,7 @@ class StageReport:
             seconds=sum(r.seconds for r in results) + extra_seconds,
             counters=_sum_counts(r.counters for r in results),
             reasons=_sum_counts(r.reasons for r in results),
+            decision=decision or {},
         )
 
 
@@ -89,7 +94,7 @@ class RunRecord:
     removed: dict[str, list[str]]
     """stage -> removed-row files."""
     scores: dict[str, list[str]]
-    """stage -> per-row report files."""
+    """report name -> per-row report files, written to ``reports/<name>.parquet``."""
     stages: list[StageReport]
 
 
@@ -134,6 +139,7 @@ def _stages_table(stages: list[StageReport]) -> pa.Table:
             "seconds": pa.array([round(s.seconds, 4) for s in stages], pa.float64()),
             "reasons": [json.dumps(s.reasons, sort_keys=True) for s in stages],
             "counters": [json.dumps(s.counters, sort_keys=True) for s in stages],
+            "decision": [json.dumps(s.decision, sort_keys=True) for s in stages],
         }
     )
 
@@ -174,10 +180,10 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
     write_table(ledger, reports / "removed.parquet")
     write_table(_stages_table(record.stages), reports / "stages.parquet")
-    for stage, paths in record.scores.items():
+    for report, paths in record.scores.items():
         table = _concat(paths)
         if table is not None:
-            write_table(table, reports / f"{stage}.parquet")
+            write_table(table, reports / f"{report}.parquet")
     manifest = {
         "dataset": record.dataset,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

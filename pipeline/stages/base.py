@@ -68,6 +68,9 @@ class Stage(ABC):
     kinds: ClassVar[frozenset[str]] = frozenset({"text", "classification", "instruction"})
     is_global: ClassVar[bool] = False
     """True when the stage needs ``summarize`` and ``decide`` before ``apply``."""
+    report_name: ClassVar[str | None] = None
+    """File name (without ``.parquet``) of the per-row report in ``reports/``; the
+    stage's name when unset."""
 
     def __init__(self, config: StageConfig, info: DatasetInfo) -> None:
         self.config = config
@@ -126,6 +129,23 @@ def mark_changed(table: pa.Table, changed: np.ndarray | pa.Array, stage: str) ->
     new = pc.if_else(changed, appended, old)
     idx = table.schema.get_field_index(CHANGED_BY)
     return table.set_column(idx, CHANGED_BY, new), int(n)
+
+
+STATS_KEY = b"pipeline.stats"
+
+
+def with_stats(state: pa.Table, stats: dict[str, Any]) -> pa.Table:
+    """Attach a global decision's figures (bands chosen, clusters found...) to its state.
+
+    They travel in the state file's schema metadata and end up in the stage's row of
+    ``reports/stages.parquet`` and in the manifest.
+    """
+    return state.replace_schema_metadata({STATS_KEY: json.dumps(stats, sort_keys=True, default=str)})
+
+
+def stats_of(state: pa.Table) -> dict[str, Any]:
+    raw = (state.schema.metadata or {}).get(STATS_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def no_removals(table: pa.Table) -> pa.Table:
