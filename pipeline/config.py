@@ -21,6 +21,7 @@ from pipeline.stages.base import StrictModel
 from pipeline.stages.exact_dedup import ExactDedupConfig
 from pipeline.stages.language import LanguageConfig
 from pipeline.stages.missing import MissingConfig
+from pipeline.stages.near_dedup import NearDedupConfig
 from pipeline.stages.noise import NoiseConfig
 from pipeline.stages.normalize import NormalizeConfig
 from pipeline.stages.quality import QualityConfig
@@ -59,6 +60,7 @@ class StagesConfig(StrictModel):
     language: LanguageConfig = LanguageConfig()
     quality: QualityConfig = QualityConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
 
 
 class PipelineConfig(StrictModel):

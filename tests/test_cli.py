@@ -63,6 +63,13 @@ def _assert_planted_problems_fixed(name: str, kept, removed: pa.Table) -> None:
             assert {json.loads(details[gone[0]])["duplicate_of"], gone[0]} == pair
         else:
             assert not gone and all(i in reasons for i in pair), pair
+    near = problems["near_duplicate"]["details"]
+    planted_pairs = {frozenset((copy, p["original"])) for copy, p in near.items()}
+    caught = [c for c, p in near.items() if "near_duplicate" in (reasons.get(c), reasons.get(p["original"]))]
+    assert len(caught) >= 0.9 * len(near), f"{len(caught)} of {len(near)} planted near-duplicates found"
+    for row_id, reason in reasons.items():
+        if reason == "near_duplicate":  # never a pair that was not planted
+            assert frozenset((row_id, json.loads(details[row_id])["duplicate_of"])) in planted_pairs
     other = problems["other_language"]["ids"]
     assert all(reasons.get(i, "").startswith("language:") for i in other)
     texts = "\n".join(t for col in ("text", "prompt", "response") if col in kept.column_names for t in kept[col])

@@ -53,7 +53,7 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     text3 = kept.filter(lambda r: r["row_id"] == "3")[0]["text"]
     assert "<p>" not in text3 and "<EMAIL>" in text3
     stages = pq.read_table(path / "reports" / "stages.parquet").to_pylist()
-    assert [s["stage"] for s in stages] == ["normalize", "noise", "missing", "language", "quality", "exact_dedup"]
+    assert [s["stage"] for s in stages] == ["normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup"]
     assert stages[0]["rows_in"] == 7 and stages[-1]["rows_out"] == 4
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["counts"] == {"input_rows": 7, "kept_rows": 4, "removed_rows": 3, "splits": {"train": 4}}
@@ -79,6 +79,9 @@ def test_disabled_stage_is_reported_off(tmp_path: Path) -> None:
     result = curate(tmp_path, "stages.language.enabled=false", "stages.exact_dedup.enabled=false")
     enabled = {s["stage"]: s["enabled"] for s in result["stages"]}
     assert enabled["language"] is False and enabled["exact_dedup"] is False
+    # With exact dedup off, the near-duplicate stage catches the case-only copy.
+    assert result["kept_rows"] == 5 and result["stages"][-1]["reasons"] == {"near_duplicate": 1}
+    result = curate(tmp_path, "stages.language.enabled=false", "stages.exact_dedup.enabled=false", "stages.near_dedup.enabled=false")
     assert result["kept_rows"] == 6
 
 

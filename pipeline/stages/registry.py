@@ -1,7 +1,8 @@
 """The stages in the order they run, looked up by name.
 
 Order matters: text is repaired and stripped of noise before a row is judged empty,
-and judged by language and quality before the surviving rows are deduplicated.
+and judged by language and quality before the surviving rows are deduplicated; exact copies go first, so
+the near-duplicate step clusters what is left.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ import importlib
 
 from pipeline.stages.base import Stage
 
-STAGE_ORDER: tuple[str, ...] = ("normalize", "noise", "missing", "language", "quality", "exact_dedup")
+STAGE_ORDER: tuple[str, ...] = (
+    "normalize",
+    "noise",
+    "missing",
+    "language",
+    "quality",
+    "exact_dedup",
+    "near_dedup",
+)
 
 _CLASSES = {
     "normalize": "pipeline.stages.normalize:NormalizeStage",
@@ -19,6 +28,7 @@ _CLASSES = {
     "language": "pipeline.stages.language:LanguageStage",
     "quality": "pipeline.stages.quality:QualityStage",
     "exact_dedup": "pipeline.stages.exact_dedup:ExactDedupStage",
+    "near_dedup": "pipeline.stages.near_dedup:NearDedupStage",
 }
 
 

@@ -1,0 +1,179 @@
+"""Stage ``near_dedup``: MinHash LSH with verified clusters.
+
+Existing tools merge whatever lands in one LSH bucket; one unlucky collision then
+joins two unrelated texts, and chains of collisions build giant false clusters. Here
+LSH only proposes candidate pairs, banded for a threshold below the target so few true
+pairs are missed; every candidate is then checked (exact Jaccard of the shingle sets
+by default) and only verified pairs become edges. Clusters are the connected
+components of verified edges, and a keep policy picks one survivor per cluster.
+
+Global, in the three steps of the stage contract:
+
+``summarize``  per shard: shingle hashes (sorted, unique) and the MinHash signature of
+               each row, plus what the keep policy needs (length, a column)
+``decide``     once: candidate pairs from band hashes, verification, clusters,
+               survivors; the state lists every row of every multi-row cluster
+``apply``      per shard: rows that are not their cluster's survivor leave with
+               reason ``near_duplicate``
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from pipeline import minhash
+from pipeline.schema import ROW_ID, field_strings, joined_text
+from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
+
+
+class NearDedupConfig(StageConfig):
+    key: Literal["auto", "prompt", "response", "both"] = "auto"
+    """What instruction rows are compared on; ``auto`` is prompt and response together."""
+    shingles: Literal["word", "char"] = "word"
+    ngram: int = Field(5, ge=1, le=64)
+    num_perm: int = Field(128, ge=16, le=1024)
+    scheme: Literal["oph", "kperm"] = "oph"
+    seed: int = 1
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """Jaccard similarity at or above which two rows are duplicates."""
+    lsh_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    """Threshold the bands are tuned for; default a little below ``threshold``."""
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    verify: Literal["exact", "estimate"] = "exact"
+    keep: Literal["first", "longest", "newest"] = "first"
+    newest_column: str | None = None
+    """For ``keep: newest``: the column whose largest value survives."""
+
+    @model_validator(mode="after")
+    def _check(self) -> NearDedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if self.keep == "newest" and not self.newest_column:
+            raise ValueError("keep: newest needs newest_column")
+        return self
+
+
+class NearDedupStage(Stage):
+    name = "near_dedup"
+    report_name = "duplicates"
+    config_model = NearDedupConfig
+    config: NearDedupConfig
+    is_global = True
+
+    def _texts(self, table: pa.Table) -> pa.Array:
+        key = self.config.key
+        if self.info.kind == "instruction" and key in ("prompt", "response") and key in self.info.roles:
+            return pc.fill_null(field_strings(table, key), "")
+        return joined_text(table, self.info)
+
+    def summarize(self, table: pa.Table) -> pa.Table:
+        cfg = self.config
+        texts = self._texts(table)
+        sh = minhash.shingle(texts, n=cfg.ngram, kind=cfg.shingles)
+        sigs = minhash.signatures(sh, num_perm=cfg.num_perm, seed=cfg.seed, scheme=cfg.scheme)
+        columns = {
+            ROW_ID: table.column(ROW_ID),
+            "shingles": pa.ListArray.from_arrays(pa.array(sh.offsets, pa.int32()), pa.array(sh.values, pa.uint64())),
+            "signature": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm),
+            "length": pc.utf8_length(texts),
+        }
+        if cfg.keep == "newest":
+            if cfg.newest_column not in table.column_names:
+                raise ValueError(f"stages.near_dedup.newest_column: no column {cfg.newest_column!r}")
+            columns["newest"] = table.column(cfg.newest_column)
+        return pa.table(columns)
+
+    def decide(self, summaries: list[pa.Table]) -> pa.Table:
+        """Clusters of verified pairs; one row per member of every multi-row cluster."""
+        cfg = self.config
+        summary = pa.concat_tables(summaries).combine_chunks()
+        n = summary.num_rows
+        shingle_col = summary.column("shingles").chunk(0) if summary.num_rows else pa.array([], pa.list_(pa.uint64()))
+        sh = minhash.Shingles(
+            values=np.asarray(shingle_col.values.to_numpy(zero_copy_only=False), dtype=np.uint64),
+            offsets=np.asarray(shingle_col.offsets.to_numpy(), dtype=np.int64),
+        )
+        sigs = (
+            summary.column("signature").chunk(0).values.to_numpy(zero_copy_only=False).reshape(n, cfg.num_perm)
+            if n
+            else np.zeros((0, cfg.num_perm), np.uint32)
+        )
+        found = minhash.find_duplicates(
+            sh, sigs, threshold=cfg.threshold, bands=cfg.bands, rows=cfg.rows,
+            verify=cfg.verify, lsh_threshold=cfg.lsh_threshold,
+        )
+        labels = found.cluster
+        sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)
+        member = sizes[labels] > 1 if n else np.zeros(0, bool)
+        idx = np.flatnonzero(member)
+        survivor = self._survivors(summary, labels, idx)
+        pairs = np.stack([idx, survivor[labels[idx]]], axis=1)
+        if cfg.verify == "exact":
+            similarity = minhash.exact_jaccard(sh, pairs)
+        else:
+            similarity = minhash.estimate_jaccard(sigs, pairs)
+        ids = summary.column(ROW_ID).to_numpy(zero_copy_only=False)
+        is_survivor = pairs[:, 0] == pairs[:, 1]
+        cluster_sizes = Counter(sizes[sizes > 1].tolist())
+        stats = {
+            "bands": found.bands,
+            "rows": found.rows,
+            "candidate_pairs": found.candidates,
+            "verified_pairs": len(found.pairs),
+            "clusters": int((sizes > 1).sum()),
+            "cluster_sizes": {str(k): v for k, v in sorted(cluster_sizes.items())},
+        }
+        return with_stats(pa.table(
+            {
+                ROW_ID: pa.array(ids[idx], pa.string()),
+                "cluster_id": pa.array(labels[idx], pa.int64()),
+                "cluster_size": pa.array(sizes[labels[idx]], pa.int64()),
+                "duplicate_of": pa.array(np.where(is_survivor, None, ids[pairs[:, 1]]), pa.string()),
+                "similarity": pa.array(np.where(is_survivor, 1.0, similarity), pa.float64()),
+            }
+        ), stats)
+
+    def _survivors(self, summary: pa.Table, labels: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """Index of the surviving row of each cluster label (first in input order on ties)."""
+        survivor = np.full(labels.max() + 1 if len(labels) else 0, -1, dtype=np.int64)
+        if not len(members):
+            return survivor
+        keep = self.config.keep
+        if keep == "first":
+            score = np.zeros(len(members))
+        elif keep == "longest":
+            score = -summary.column("length").to_numpy(zero_copy_only=False)[members].astype(float)
+        else:
+            newest = pc.rank(summary.column("newest").combine_chunks(), sort_keys="descending", tiebreaker="first")
+            score = np.asarray(newest)[members].astype(float)
+        # Sort members by (cluster, score, position); the first of each cluster survives.
+        order = np.lexsort((members, score, labels[members]))
+        ordered = members[order]
+        first = np.r_[True, labels[ordered][1:] != labels[ordered][:-1]]
+        survivor[labels[ordered[first]]] = ordered[first]
+        return survivor
+
+    def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:
+        if state is None:
+            raise ValueError("near_dedup.apply needs the state from decide()")
+        in_shard = pc.is_in(state.column(ROW_ID), value_set=table.column(ROW_ID))
+        mine = state.filter(in_shard)
+        removed_state = mine.filter(pc.is_valid(mine.column("duplicate_of")))
+        by_id = {r[ROW_ID]: r for r in removed_state.to_pylist()}
+        drop = np.asarray(pc.is_in(table.column(ROW_ID), value_set=removed_state.column(ROW_ID)), dtype=bool)
+        dropped = table.column(ROW_ID).filter(pa.array(drop)).to_pylist()
+        details = [
+            {k: by_id[r][k] for k in ("duplicate_of", "cluster_id", "similarity")} for r in dropped
+        ]
+        kept, removed, counters = split_rows(table, drop, ["near_duplicate"] * len(dropped), details)
+        report = mine.select([ROW_ID, "cluster_id", "duplicate_of", "similarity"])
+        return StageOutput(kept=kept, removed=removed, counters=counters, scores=report)

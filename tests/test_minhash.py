@@ -1,0 +1,374 @@
+"""Tests of the MinHash engine (``pipeline.minhash``), checked against plain Python
+sets and against datasketch, the reference implementation."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipeline import minhash as mh
+from pipeline.minhash import (
+    EMPTY,
+    Shingles,
+    candidate_pairs,
+    connected_clusters,
+    estimate_jaccard,
+    exact_jaccard,
+    find_duplicates,
+    normalise,
+    optimal_bands,
+    shingle,
+    signatures,
+)
+
+WORDS = (
+    "the quick brown fox jumps over lazy dog package library provides support for "
+    "files network system user data configuration server client module version "
+    "install command option default value error message output input format text "
+    "manual page program display window color font size memory process thread"
+).split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def edit(rng: random.Random, text: str, edits: int) -> str:
+    words = text.split()
+    for _ in range(edits):
+        p = rng.randrange(len(words))
+        op = rng.randrange(3)
+        if op == 0:
+            words[p] = rng.choice(WORDS)
+        elif op == 1 and len(words) > 2:
+            del words[p]
+        else:
+            words.insert(p, rng.choice(WORDS))
+    return " ".join(words)
+
+
+def py_word_shingles(text: str | None, n: int) -> set[tuple[str, ...]]:
+    """Reference shingles: regex normalisation, split, n-grams (whole text if short)."""
+    if text is None:
+        return set()
+    words = re.sub(r"[\W_]+", " ", text.lower()).split()
+    if not words:
+        return set()
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+# ------------------------------------------------------------------------ normalise
+
+
+def test_normalise_folds_case_punctuation_and_whitespace() -> None:
+    texts = pa.array(
+        ["Hello, World!  Foo", "", None, "  a--b  ", "\t\n", "ÄBC déf, “quoted”\u00a0x\u2014y", "x_y 3.14"]
+    )
+    assert normalise(texts).to_pylist() == [
+        "hello world foo",
+        "",
+        None,
+        "a b",
+        "",
+        "äbc déf quoted x y",
+        "x y 3 14",
+    ]
+
+
+def test_normalise_matches_a_plain_regex_reference() -> None:
+    rng = random.Random(5)
+    alphabet = list("aZ9 ,.!?-_\t\n'\"()[]$%é€Ü—“”\u00a0\u3000日本") + ["  "]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30))) for _ in range(400)]
+    arr = pa.array(texts)
+    expected = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_lower(arr), r"[\p{P}\p{S}\p{Z}\p{Cc}]+", " "), " ")
+    assert normalise(arr).to_pylist() == expected.to_pylist()
+    # Sliced and chunked input read the right bytes.
+    assert normalise(arr.slice(7, 50)).to_pylist() == expected.to_pylist()[7:57]
+    assert normalise(pa.chunked_array([arr.slice(0, 10), arr.slice(10, 5)])).to_pylist() == expected.to_pylist()[:15]
+
+
+# -------------------------------------------------------------------------- shingle
+
+
+def test_word_shingle_counts_by_hand() -> None:
+    sh = shingle(pa.array(["a b c d e f", "a b a b a b", "a b", "", None, "A, b! C d"]), n=3)
+    assert len(sh) == 6
+    assert sh.sizes.tolist() == [4, 2, 1, 0, 0, 2]
+    assert sh.offsets.tolist() == [0, 4, 6, 7, 7, 7, 9]
+    assert sh.values.dtype == np.uint64 and sh.offsets.dtype == np.int64
+    for i in range(len(sh)):
+        doc = sh.doc(i)
+        assert np.all(np.diff(doc.astype(np.float64)) > 0)  # sorted and unique
+    assert int(sh.values.max()) < 2**mh.HASH_BITS
+
+
+def test_word_shingles_fold_case_and_punctuation_and_keep_order() -> None:
+    sh = shingle(pa.array(["Hello, World! foo  bar baz", "hello world foo bar baz", "baz bar foo world hello"]))
+    assert np.array_equal(sh.doc(0), sh.doc(1))
+    assert len(np.intersect1d(sh.doc(1), sh.doc(2))) == 0
+    # A short text's single shingle is not an n-gram of a longer text containing it.
+    short = shingle(pa.array(["foo bar", "foo bar baz qux quux", "Foo bar!"]), n=3)
+    assert len(np.intersect1d(short.doc(0), short.doc(1))) == 0
+    assert np.array_equal(short.doc(0), short.doc(2))
+
+
+def test_word_shingle_sets_match_python_reference() -> None:
+    rng = random.Random(1)
+    texts = [sentence(rng, rng.randrange(0, 12)) + rng.choice(["", ".", " !", ", X"]) for _ in range(300)]
+    texts += [None, "", "  ", "one", "Two words"]
+    sh = shingle(pa.array(texts), n=3)
+    for i, t in enumerate(texts):
+        assert sh.sizes[i] == len(py_word_shingles(t, 3)), t
+    # As many distinct hashes overall as distinct n-grams: no collisions, no splits.
+    all_hashes = set(sh.values.tolist())
+    assert len(all_hashes) == len({g for t in texts for g in py_word_shingles(t, 3)})
+
+
+def test_char_shingles() -> None:
+    sh = shingle(pa.array(["abcd", "aaaa", "ab", "", None, "É ü", "AB-CD"]), n=2, kind="char")
+    # "É ü" -> "é ü": 3 code points, 2 bigrams; "AB-CD" -> "ab cd": 4 bigrams.
+    assert sh.sizes.tolist() == [3, 1, 1, 0, 0, 2, 4]
+    one = shingle(pa.array(["ab", "xab"]), n=2, kind="char")
+    assert set(one.doc(0).tolist()) <= set(one.doc(1).tolist())
+
+
+def test_shingle_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(2)
+    texts = pa.array([sentence(rng, rng.randrange(0, 20)) for _ in range(50)])
+    whole = shingle(texts)
+    monkeypatch.setattr(mh, "_CHUNK_DOCS", 7)
+    chunked = shingle(texts)
+    assert np.array_equal(whole.values, chunked.values)
+    assert np.array_equal(whole.offsets, chunked.offsets)
+
+
+# ---------------------------------------------------------------------- exact Jaccard
+
+
+def random_shingles(rng: np.random.Generator, n: int, wide: bool = False) -> tuple[Shingles, list[set[int]]]:
+    pool = rng.integers(0, 2**63 if wide else 2**48, 400, dtype=np.uint64)
+    sets = []
+    for _ in range(n):
+        size = int(rng.integers(0, 60))
+        sets.append(set(rng.choice(pool, size, replace=False).tolist()) if size else set())
+    values = np.concatenate([np.sort(np.array(sorted(s), np.uint64)) for s in sets])
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+    return Shingles(values, offsets), sets
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_exact_jaccard_equals_python_sets(wide: bool) -> None:
+    rng = np.random.default_rng(3)
+    sh, sets = random_shingles(rng, 80, wide)
+    pairs = rng.integers(0, 80, (500, 2))
+    got = exact_jaccard(sh, pairs)
+    for (i, j), g in zip(pairs, got):
+        union = sets[i] | sets[j]
+        want = len(sets[i] & sets[j]) / len(union) if union else 0.0
+        assert g == pytest.approx(want)
+    assert exact_jaccard(sh, np.zeros((0, 2), np.int64)).shape == (0,)
+
+
+def test_exact_jaccard_chunks_over_many_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    sh, _ = random_shingles(rng, 40)
+    pairs = rng.integers(0, 40, (300, 2))
+    want = exact_jaccard(sh, pairs)
+    monkeypatch.setattr(mh, "_CHUNK_DOCS", 16)
+    assert np.array_equal(exact_jaccard(sh, pairs), want)
+
+
+# ----------------------------------------------------------------------- signatures
+
+
+def near_duplicate_corpus(seed: int = 0, n_pairs: int = 40, max_edits: int = 7) -> tuple[list[str], np.ndarray]:
+    """Pairs (base text, base with 1..max_edits word edits), side by side."""
+    rng = random.Random(seed)
+    texts, pairs = [], []
+    for _ in range(n_pairs):
+        base = sentence(rng, rng.randrange(25, 80))
+        texts.append(base)
+        texts.append(edit(rng, base, rng.randrange(1, max_edits + 1)))
+        pairs.append((len(texts) - 2, len(texts) - 1))
+    return texts, np.array(pairs, np.int64)
+
+
+def test_kperm_equals_datasketch_value_for_value() -> None:
+    datasketch = pytest.importorskip("datasketch")
+    texts, _ = near_duplicate_corpus(n_pairs=5)
+    sh = shingle(pa.array(texts))
+    sigs = signatures(sh, num_perm=64, seed=3, scheme="kperm")
+    assert sigs.dtype == np.uint32 and sigs.shape == (len(texts), 64)
+    for i in range(len(texts)):
+        m = datasketch.MinHash(num_perm=64, seed=3, hashfunc=lambda x: x)
+        m.update_batch(mh.shingle_hash32(sh.doc(i)).tolist())
+        assert np.array_equal(sigs[i], m.hashvalues)
+
+
+@pytest.mark.parametrize("scheme", ["oph", "kperm"])
+def test_estimates_agree_with_datasketch_and_exact(scheme: str) -> None:
+    datasketch = pytest.importorskip("datasketch")
+    texts, pairs = near_duplicate_corpus(seed=1, n_pairs=40)
+    sh = shingle(pa.array(texts))
+    ours = estimate_jaccard(signatures(sh, num_perm=256, scheme=scheme), pairs)
+    exact = exact_jaccard(sh, pairs)
+    theirs = []
+    for i, j in pairs:
+        ms = []
+        for t in (texts[i], texts[j]):
+            m = datasketch.MinHash(num_perm=256)
+            m.update_batch([" ".join(g).encode() for g in py_word_shingles(t, 5)])
+            ms.append(m)
+        theirs.append(ms[0].jaccard(ms[1]))
+    theirs = np.array(theirs)
+    assert ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 0.2
+    assert np.abs(ours - theirs).mean() < 0.06
+    assert np.abs(ours - exact).mean() < 0.05
+    assert abs(float((ours - exact).mean())) < 0.03  # no systematic bias
+
+
+def test_signatures_are_deterministic_and_seeded() -> None:
+    texts, _ = near_duplicate_corpus(seed=2, n_pairs=10)
+    sh = shingle(pa.array(texts))
+    for scheme in ("oph", "kperm"):
+        a = signatures(sh, seed=7, scheme=scheme)
+        assert np.array_equal(a, signatures(shingle(pa.array(texts)), seed=7, scheme=scheme))
+        assert (a != signatures(sh, seed=8, scheme=scheme)).mean() > 0.9
+    assert np.array_equal(signatures(sh, densify="optimal"), signatures(sh, densify="optimal"))
+
+
+@pytest.mark.parametrize("scheme", ["oph", "kperm"])
+@pytest.mark.parametrize("densify", ["rotation", "optimal"])
+def test_signature_rows_do_not_depend_on_other_documents(scheme: str, densify: str) -> None:
+    texts, _ = near_duplicate_corpus(seed=3, n_pairs=300)
+    sh = shingle(pa.array(texts))
+    whole = signatures(sh, num_perm=64, scheme=scheme, densify=densify)
+    part = signatures(shingle(pa.array(texts[5:9])), num_perm=64, scheme=scheme, densify=densify)
+    assert np.array_equal(whole[5:9], part)
+    assert not (whole == EMPTY).any()
+
+
+def test_empty_documents_match_nothing() -> None:
+    sh = shingle(pa.array(["", None, "alpha beta gamma delta epsilon", "alpha beta gamma delta epsilon", "x"]))
+    for scheme in ("oph", "kperm"):
+        sigs = signatures(sh, num_perm=32, scheme=scheme)
+        assert (sigs[:2] == EMPTY).all() and not (sigs[2:] == EMPTY).any()
+        est = estimate_jaccard(sigs, np.array([[0, 1], [0, 2], [2, 3]]))
+        assert est.tolist() == [0.0, 0.0, 1.0]
+        assert candidate_pairs(sigs, 8, 4).tolist() == [[2, 3]]
+    assert exact_jaccard(sh, np.array([[0, 1], [2, 3]])).tolist() == [0.0, 1.0]
+
+
+def test_single_shingle_documents_match_their_copies_only() -> None:
+    sh = shingle(pa.array(["a b", "A, b.", "c d"]))
+    sigs = signatures(sh, num_perm=64)
+    assert estimate_jaccard(sigs, np.array([[0, 1], [0, 2]])).tolist() == [1.0, 0.0]
+
+
+# ---------------------------------------------------------------------------- LSH
+
+
+@pytest.mark.parametrize(
+    ("threshold", "num_perm", "fp", "fn"),
+    [(0.5, 128, 0.5, 0.5), (0.8, 128, 0.5, 0.5), (0.7, 64, 0.5, 0.5), (0.9, 256, 0.5, 0.5), (0.6, 100, 0.3, 0.7)],
+)
+def test_optimal_bands_equals_datasketch(threshold: float, num_perm: int, fp: float, fn: float) -> None:
+    lsh = pytest.importorskip("datasketch.lsh")
+    assert optimal_bands(threshold, num_perm, fp, fn) == lsh._optimal_param(threshold, num_perm, fp, fn)
+
+
+def test_candidate_pairs_find_planted_pair_and_not_unrelated() -> None:
+    rng = random.Random(4)
+    texts = [sentence(rng, 60) for _ in range(200)]
+    texts.append(edit(rng, texts[17], 2))
+    sh = shingle(pa.array(texts))
+    assert exact_jaccard(sh, np.array([[17, 200]]))[0] >= 0.8
+    sigs = signatures(sh)
+    bands, rows = optimal_bands(0.7, 128)
+    cand = candidate_pairs(sigs, bands, rows)
+    assert cand.dtype == np.int64 and (cand[:, 0] < cand[:, 1]).all()
+    assert [17, 200] in cand.tolist()
+    assert len(cand) <= 3  # random 60-word texts share few 5-grams
+
+
+def test_false_bucket_collision_is_not_merged_after_exact_verification() -> None:
+    rng = random.Random(5)
+    texts = [sentence(rng, 50) for _ in range(20)]
+    sh = shingle(pa.array(texts))
+    sigs = signatures(sh)
+    bands, rows = 10, 12
+    sigs[9, :rows] = sigs[3, :rows]  # force docs 3 and 9 to share band 0
+    assert [3, 9] in candidate_pairs(sigs, bands, rows).tolist()
+    res = find_duplicates(sh, sigs, threshold=0.8, bands=bands, rows=rows, verify="exact")
+    assert res.candidates >= 1
+    assert [3, 9] not in res.pairs.tolist()
+    assert res.cluster[3] == 3 and res.cluster[9] == 9
+    # Without verification the collision would have merged them.
+    merged = find_duplicates(sh, sigs, threshold=0.8, bands=bands, rows=rows, verify="none")
+    assert merged.cluster[9] == 3
+
+
+def test_giant_bucket_guard() -> None:
+    sigs = np.zeros((200, 16), np.uint32)  # 200 documents with identical signatures
+    sigs[150:] = np.arange(16, dtype=np.uint32)  # a second bucket of 50
+    capped = candidate_pairs(sigs, bands=1, rows=16, max_bucket_pairs=2_000)
+    full_second = 50 * 49 // 2  # 1225 <= 2000: all pairs
+    star_chain_first = 2 * 150 - 3  # 11175 > 2000: star + chain
+    assert len(capped) == full_second + star_chain_first
+    labels = connected_clusters(200, capped)
+    assert set(labels[:150].tolist()) == {0} and set(labels[150:].tolist()) == {150}
+    uncapped = candidate_pairs(sigs, bands=1, rows=16, max_bucket_pairs=10**9)
+    assert len(uncapped) == 150 * 149 // 2 + full_second
+
+
+def test_connected_clusters_small_graph() -> None:
+    labels = connected_clusters(7, np.array([[1, 3], [5, 3], [2, 4]]))
+    assert labels.dtype == np.int64
+    assert labels.tolist() == [0, 1, 2, 1, 2, 1, 6]
+    assert connected_clusters(3, np.zeros((0, 2), np.int64)).tolist() == [0, 1, 2]
+
+
+def test_find_duplicates_end_to_end() -> None:
+    texts, pairs = near_duplicate_corpus(seed=6, n_pairs=60, max_edits=3)
+    sh = shingle(pa.array(texts))
+    sigs = signatures(sh)
+    res = find_duplicates(sh, sigs, threshold=0.8)
+    assert (res.bands, res.rows) == optimal_bands(0.8 - mh.LSH_MARGIN, 128)
+    exact = exact_jaccard(sh, pairs)
+    true_pairs = {tuple(p) for p in pairs[exact >= 0.8].tolist()}
+    found = {tuple(p) for p in res.pairs.tolist()}
+    assert len(true_pairs) >= 10
+    assert true_pairs <= found  # recall on planted pairs
+    assert np.all(res.similarity >= 0.8)
+    assert np.allclose(res.similarity, exact_jaccard(sh, res.pairs))
+    for i, j in true_pairs:
+        assert res.cluster[i] == res.cluster[j] == i
+    assert res.duplicates.sum() == len(np.unique(res.pairs[:, 1]))
+    assert res.candidates >= len(res.pairs)
+
+
+def test_lower_lsh_threshold_raises_recall() -> None:
+    texts, pairs = near_duplicate_corpus(seed=7, n_pairs=150, max_edits=3)
+    sh = shingle(pa.array(texts))
+    sigs = signatures(sh, num_perm=64)
+    exact = exact_jaccard(sh, pairs)
+    truth = {tuple(p) for p in pairs[exact >= 0.8].tolist()}
+
+    def recall(lsh: float) -> float:
+        res = find_duplicates(sh, sigs, 0.8, lsh_threshold=lsh)
+        return len(truth & {tuple(p) for p in res.pairs.tolist()}) / len(truth)
+
+    high = find_duplicates(sh, sigs, 0.8, lsh_threshold=0.95)
+    low = find_duplicates(sh, sigs, 0.8, lsh_threshold=0.6)
+    assert low.candidates > high.candidates
+    assert recall(0.6) >= recall(0.95)
+    assert recall(0.6) >= 0.97
