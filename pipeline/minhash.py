@@ -12,7 +12,7 @@ with the row stages. Every step here works on whole columns at once:
    each document's distinct shingles sorted, as one CSR pair of arrays
    (:class:`Shingles`); no Python object per document or per shingle.
 3. :func:`signatures` turns each document's shingle set into ``num_perm`` ``uint32``
-   minima (one-permutation hashing with optimal densification by default, classic
+   minima (one-permutation hashing with rotation densification by default, classic
    k-permutation MinHash on request); a row of signatures is 4 bytes per position.
 4. :func:`candidate_pairs` bands the signatures (LSH) and emits the document pairs
    that share a band; :func:`find_duplicates` verifies them against the exact shingle
