@@ -24,16 +24,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="curate datasets into a new version", description="Curate datasets into a new version.")
-    run.add_argument("--config", metavar="FILE", help="YAML config (default: ./pipeline.yaml when present)")
-    run.add_argument("--input", metavar="PATH", nargs="+", action="extend", help="input files, folders or globs")
+    _add_config_arguments(run)
     run.add_argument("--output", metavar="DIR", help="store root (default: out)")
-    run.add_argument(
+    run.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    run.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's own logs")
+    cal = sub.add_parser(
+        "dedup-calibrate",
+        help="measure the near-dedup banding's recall and cost on a sample",
+        description="Measure the near-dedup banding's recall and cost on a sample of each dataset.",
+    )
+    _add_config_arguments(cal)
+    cal.add_argument("--sample", type=int, default=50_000, metavar="N", help="rows per dataset (default 50,000)")
+    cal.add_argument("--target-recall", type=float, default=0.99, help="recall a recommendation must reach")
+    return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: ./pipeline.yaml when present)")
+    parser.add_argument("--input", metavar="PATH", nargs="+", action="extend", help="input files, folders or globs")
+    parser.add_argument(
         "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
         help="override a config key, e.g. stages.language.allowed=[en,de] or stages.quality.enabled=false",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="print only the result")
-    run.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's own logs")
-    return parser
 
 
 def _prepare_prefect(output: str, verbose: bool) -> None:
@@ -126,10 +138,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def dedup_calibrate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.calibrate import calibrate
+    from pipeline.config import load_config
+
+    config = load_config(args.config, inputs=args.input, overrides=args.overrides)
+    console = Console()
+    for cal in calibrate(config, sample_rows=args.sample, target_recall=args.target_recall):
+        table = Table(
+            title=f"{cal.dataset}: {cal.rows:,} rows, {cal.reference_pairs:,} pairs at Jaccard >= {cal.threshold}",
+            title_justify="left",
+        )
+        for column in ("banding", "bands x rows", "candidates", "recall", "precision", "seconds"):
+            table.add_column(column, justify="left" if column == "banding" else "right")
+        for score in [cal.current, *cal.options]:
+            mark = " (recommended)" if score is cal.recommended else ""
+            table.add_row(
+                score.label + mark, f"{score.bands} x {score.rows}", f"{score.candidates:,}",
+                f"{score.recall(cal.reference_pairs):.4f}", f"{score.precision:.4f}", f"{score.seconds:.2f}",
+            )
+        console.print(table)
+        if cal.recommended is None:
+            console.print(f"no banding reached recall {args.target_recall}; lower stages.near_dedup.lsh_threshold")
+        else:
+            r = cal.recommended
+            console.print(
+                f"recommended: --set stages.near_dedup.bands={r.bands} --set stages.near_dedup.rows={r.rows} "
+                f"(recall {r.recall(cal.reference_pairs):.4f}, {r.candidates:,} candidates)"
+            )
+    return 0
+
+
+COMMANDS = {"run": run, "dedup-calibrate": dedup_calibrate}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run(args)
+        return COMMANDS[args.command](args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

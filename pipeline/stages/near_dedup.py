@@ -97,16 +97,7 @@ class NearDedupStage(Stage):
         cfg = self.config
         summary = pa.concat_tables(summaries).combine_chunks()
         n = summary.num_rows
-        shingle_col = summary.column("shingles").chunk(0) if summary.num_rows else pa.array([], pa.list_(pa.uint64()))
-        sh = minhash.Shingles(
-            values=np.asarray(shingle_col.values.to_numpy(zero_copy_only=False), dtype=np.uint64),
-            offsets=np.asarray(shingle_col.offsets.to_numpy(), dtype=np.int64),
-        )
-        sigs = (
-            summary.column("signature").chunk(0).values.to_numpy(zero_copy_only=False).reshape(n, cfg.num_perm)
-            if n
-            else np.zeros((0, cfg.num_perm), np.uint32)
-        )
+        sh, sigs = self.shingles_and_signatures(summary, cfg.num_perm)
         found = minhash.find_duplicates(
             sh, sigs, threshold=cfg.threshold, bands=cfg.bands, rows=cfg.rows,
             verify=cfg.verify, lsh_threshold=cfg.lsh_threshold,
@@ -141,6 +132,19 @@ class NearDedupStage(Stage):
                 "similarity": pa.array(np.where(is_survivor, 1.0, similarity), pa.float64()),
             }
         ), stats)
+
+    @staticmethod
+    def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.Shingles, np.ndarray]:
+        """The engine's arrays back from a (combined) summary table, without copies."""
+        if summary.num_rows == 0:
+            return minhash.Shingles(np.zeros(0, np.uint64), np.zeros(1, np.int64)), np.zeros((0, num_perm), np.uint32)
+        shingles = summary.column("shingles").chunk(0)
+        sh = minhash.Shingles(
+            values=np.asarray(shingles.values.to_numpy(zero_copy_only=False), dtype=np.uint64),
+            offsets=np.asarray(shingles.offsets.to_numpy(), dtype=np.int64),
+        )
+        sigs = summary.column("signature").chunk(0).values.to_numpy(zero_copy_only=False).reshape(-1, num_perm)
+        return sh, sigs
 
     def _survivors(self, summary: pa.Table, labels: np.ndarray, members: np.ndarray) -> np.ndarray:
         """Index of the surviving row of each cluster label (first in input order on ties)."""
