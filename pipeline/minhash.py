@@ -16,8 +16,9 @@ with the row stages. Every step here works on whole columns at once:
    k-permutation MinHash on request); a row of signatures is 4 bytes per position.
 4. :func:`candidate_pairs` bands the signatures (LSH) and emits the document pairs
    that share a band; :func:`find_duplicates` verifies them against the exact shingle
-   Jaccard (:func:`exact_jaccard`) and clusters the surviving edges
-   (:func:`connected_clusters`).
+   Jaccard (:func:`exact_jaccard`) and clusters the surviving edges around centres
+   (:func:`centre_clusters`), so every dropped document was verified against the
+   one kept.
 
 The banding is tuned to a lower similarity than the verification threshold (see
 :data:`LSH_MARGIN`): LSH then misses almost no pair above the threshold (recall), and
@@ -49,7 +50,7 @@ __all__ = [
     "DedupResult",
     "Shingles",
     "candidate_pairs",
-    "connected_clusters",
+    "centre_clusters",
     "estimate_jaccard",
     "exact_jaccard",
     "find_duplicates",
@@ -874,31 +875,53 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket_pairs: i
     return np.stack([code // n, code % n], axis=1)
 
 
-def connected_clusters(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Cluster label per document (``int64``) for the connected components of the
-    graph with the given edges: the label is the smallest document index in the
-    component, so a singleton is labelled with its own index and the first document
-    of every cluster is the one whose label equals its index."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def centre_clusters(n: int, pairs: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Cluster label per document (``int64``): the index of its centre.
 
+    Connected components are the wrong clusters for deduplication: a chain A~B~C of
+    verified pairs joins A and C even when they share little, and boilerplate chains
+    grow clusters of hundreds whose members are far from the one kept (on 165k real
+    documents, 39% of the removals in clusters of 21+ were below the threshold to
+    their survivor). So clusters are built around centres instead: documents are
+    visited in ``order`` (the keep policy's priority; index order by default), an
+    unassigned document becomes a centre, and its unassigned verified neighbours join
+    it. Every non-centre then has a *direct* verified edge to its centre, and no two
+    centres share one, so keeping the centres keeps no verified pair and drops nothing
+    that was not verified against what was kept. A singleton is its own centre.
+    """
     pairs = _as_pairs(pairs)
+    labels = np.arange(n, dtype=np.int64)
     if len(pairs) == 0:
-        return np.arange(n, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
-    _, comp = connected_components(graph, directed=False)
-    first = np.full(comp.max() + 1, n, np.int64)
-    np.minimum.at(first, comp, np.arange(n, dtype=np.int64))
-    return first[comp]
+        return labels
+    src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    by_src = np.argsort(src, kind="stable")
+    src, dst = src[by_src], dst[by_src]
+    starts = np.searchsorted(src, np.arange(n + 1))
+    rank = np.arange(n, dtype=np.int64)
+    if order is not None:
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+    nodes = np.unique(src)
+    assigned = np.full(n, -1, dtype=np.int64)
+    for doc in nodes[np.argsort(rank[nodes], kind="stable")].tolist():
+        if assigned[doc] >= 0:
+            continue
+        assigned[doc] = doc
+        neighbours = dst[starts[doc] : starts[doc + 1]]
+        assigned[neighbours[assigned[neighbours] < 0]] = doc
+    linked = assigned >= 0
+    labels[linked] = assigned[linked]
+    return labels
 
 
 @dataclass
 class DedupResult:
     """What :func:`find_duplicates` found.
 
-    ``cluster``: label per document (``int64``), the smallest document index of its
-    cluster; a document without verified duplicates is its own label. Keep the
-    documents with ``cluster == arange(n)`` to keep the first of each cluster.
+    ``cluster``: label per document (``int64``), the index of its cluster's centre
+    (:func:`centre_clusters`); a document without verified duplicates is its own
+    label. Keep the documents with ``cluster == arange(n)``: the centres, chosen in
+    ``order``.
     """
 
     cluster: np.ndarray
@@ -913,7 +936,7 @@ class DedupResult:
 
     @property
     def duplicates(self) -> np.ndarray:
-        """Boolean mask of the documents that are not the first of their cluster."""
+        """Boolean mask of the documents that are not their cluster's centre."""
         return self.cluster != np.arange(len(self.cluster))
 
 
@@ -926,6 +949,7 @@ def find_duplicates(
     verify: Literal["exact", "estimate", "none"] = "exact",
     lsh_threshold: float | None = None,
     max_bucket_pairs: int = 50_000,
+    order: np.ndarray | None = None,
 ) -> DedupResult:
     """Near-duplicate clusters: LSH candidates, verified, then connected components.
 
@@ -935,8 +959,9 @@ def find_duplicates(
     keeps the candidate pairs whose Jaccard is at least ``threshold``: ``"exact"`` on
     the shingle sets (after a free size filter: J <= min/max of the set sizes),
     ``"estimate"`` on the signatures, ``"none"`` keeps every candidate. Clusters are
-    the connected components of the kept edges only, so two documents end up in one
-    cluster only through a chain of verified pairs.
+    built around centres over the kept edges only (:func:`centre_clusters`, visiting
+    documents in ``order``), so every document dropped has a verified edge to the one
+    kept in its place.
     """
     n, num_perm = sigs.shape
     if len(sh) != n:
@@ -966,7 +991,7 @@ def find_duplicates(
     else:
         raise ValueError(f"verify must be 'exact', 'estimate' or 'none', got {verify!r}")
     return DedupResult(
-        cluster=connected_clusters(n, pairs),
+        cluster=centre_clusters(n, pairs, order),
         pairs=pairs,
         similarity=sim,
         candidates=len(cand),

@@ -17,7 +17,7 @@ from pipeline.minhash import (
     EMPTY,
     Shingles,
     candidate_pairs,
-    connected_clusters,
+    centre_clusters,
     estimate_jaccard,
     exact_jaccard,
     find_duplicates,
@@ -324,17 +324,37 @@ def test_giant_bucket_guard() -> None:
     full_second = 50 * 49 // 2  # 1225 <= 2000: all pairs
     star_chain_first = 2 * 150 - 3  # 11175 > 2000: star + chain
     assert len(capped) == full_second + star_chain_first
-    labels = connected_clusters(200, capped)
+    # The star links every member of the capped bucket to its first member.
+    labels = centre_clusters(200, capped)
     assert set(labels[:150].tolist()) == {0} and set(labels[150:].tolist()) == {150}
     uncapped = candidate_pairs(sigs, bands=1, rows=16, max_bucket_pairs=10**9)
     assert len(uncapped) == 150 * 149 // 2 + full_second
 
 
-def test_connected_clusters_small_graph() -> None:
-    labels = connected_clusters(7, np.array([[1, 3], [5, 3], [2, 4]]))
+def test_centre_clusters_small_graph() -> None:
+    labels = centre_clusters(7, np.array([[1, 3], [5, 3], [2, 4]]))
     assert labels.dtype == np.int64
-    assert labels.tolist() == [0, 1, 2, 1, 2, 1, 6]
-    assert connected_clusters(3, np.zeros((0, 2), np.int64)).tolist() == [0, 1, 2]
+    # 1 is the centre of 3; 5 is linked only to 3 (not to 1), so it stays its own centre.
+    assert labels.tolist() == [0, 1, 2, 1, 2, 5, 6]
+    assert centre_clusters(3, np.zeros((0, 2), np.int64)).tolist() == [0, 1, 2]
+
+
+def test_centre_clusters_never_drop_a_row_without_an_edge_to_its_centre() -> None:
+    # A chain 0-1-2-3: index order keeps 0 and 2; 1 joins 0, 3 joins 2.
+    chain = np.array([[0, 1], [1, 2], [2, 3]])
+    assert centre_clusters(4, chain).tolist() == [0, 0, 2, 2]
+    # Another priority (3 first) changes the centres: 3 keeps 2, 1 then keeps 0.
+    assert centre_clusters(4, chain, order=np.array([3, 1, 2, 0])).tolist() == [1, 1, 3, 3]
+    rng = np.random.default_rng(3)
+    edges = rng.integers(0, 300, size=(900, 2))
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    labels = centre_clusters(300, edges)
+    linked = {frozenset(e) for e in edges.tolist()}
+    centres = set(labels.tolist())
+    for doc, centre in enumerate(labels.tolist()):
+        if doc != centre:
+            assert frozenset((doc, centre)) in linked and centre in centres and labels[centre] == centre
+    assert not any(frozenset((a, b)) in linked for a in centres for b in centres if a < b)
 
 
 def test_find_duplicates_end_to_end() -> None:

@@ -65,6 +65,17 @@ def test_a_forced_bucket_collision_is_not_merged() -> None:
     assert out.removed.num_rows == 0
 
 
+def test_a_chain_does_not_drop_a_row_far_from_the_survivor() -> None:
+    # a ~ b and b ~ c, but a and c share too little: b goes, c stays.
+    words = (BASE + " " + OTHER).split()
+    a = " ".join(words[:40])
+    b = " ".join(words[4:44])
+    c = " ".join(words[8:48])
+    _, [out] = run([table([a, b, c])], threshold=0.75)
+    assert out.removed.column("row_id").to_pylist() == ["r1"]
+    assert out.kept.column("row_id").to_pylist() == ["r0", "r2"]
+
+
 def test_below_the_threshold_is_kept() -> None:
     half = " ".join(BASE.split()[:20] + OTHER.split()[20:])
     _, [out] = run([table([BASE, half])])

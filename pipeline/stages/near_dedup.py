@@ -4,8 +4,10 @@ Existing tools merge whatever lands in one LSH bucket; one unlucky collision the
 joins two unrelated texts, and chains of collisions build giant false clusters. Here
 LSH only proposes candidate pairs, banded for a threshold below the target so few true
 pairs are missed; every candidate is then checked (exact Jaccard of the shingle sets
-by default) and only verified pairs become edges. Clusters are the connected
-components of verified edges, and a keep policy picks one survivor per cluster.
+by default) and only verified pairs become edges. Clusters form around
+centres visited in the keep policy's order (first, longest, newest): a row joins a
+cluster only through a verified edge to the row kept in its place, so a chain A~B~C
+never drops C for A.
 
 Global, in the three steps of the stage contract:
 
@@ -100,14 +102,12 @@ class NearDedupStage(Stage):
         sh, sigs = self.shingles_and_signatures(summary, cfg.num_perm)
         found = minhash.find_duplicates(
             sh, sigs, threshold=cfg.threshold, bands=cfg.bands, rows=cfg.rows,
-            verify=cfg.verify, lsh_threshold=cfg.lsh_threshold,
+            verify=cfg.verify, lsh_threshold=cfg.lsh_threshold, order=self._priority(summary),
         )
-        labels = found.cluster
-        sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)
-        member = sizes[labels] > 1 if n else np.zeros(0, bool)
-        idx = np.flatnonzero(member)
-        survivor = self._survivors(summary, labels, idx)
-        pairs = np.stack([idx, survivor[labels[idx]]], axis=1)
+        labels = found.cluster  # each row's centre: the row kept in its place
+        sizes = np.bincount(labels, minlength=n)
+        idx = np.flatnonzero(sizes[labels] > 1)
+        pairs = np.stack([idx, labels[idx]], axis=1)
         if cfg.verify == "exact":
             similarity = minhash.exact_jaccard(sh, pairs)
         else:
@@ -146,25 +146,17 @@ class NearDedupStage(Stage):
         sigs = summary.column("signature").chunk(0).values.to_numpy(zero_copy_only=False).reshape(-1, num_perm)
         return sh, sigs
 
-    def _survivors(self, summary: pa.Table, labels: np.ndarray, members: np.ndarray) -> np.ndarray:
-        """Index of the surviving row of each cluster label (first in input order on ties)."""
-        survivor = np.full(labels.max() + 1 if len(labels) else 0, -1, dtype=np.int64)
-        if not len(members):
-            return survivor
-        keep = self.config.keep
-        if keep == "first":
-            score = np.zeros(len(members))
-        elif keep == "longest":
-            score = -summary.column("length").to_numpy(zero_copy_only=False)[members].astype(float)
-        else:
-            newest = pc.rank(summary.column("newest").combine_chunks(), sort_keys="descending", tiebreaker="first")
-            score = np.asarray(newest)[members].astype(float)
-        # Sort members by (cluster, score, position); the first of each cluster survives.
-        order = np.lexsort((members, score, labels[members]))
-        ordered = members[order]
-        first = np.r_[True, labels[ordered][1:] != labels[ordered][:-1]]
-        survivor[labels[ordered[first]]] = ordered[first]
-        return survivor
+    def _priority(self, summary: pa.Table) -> np.ndarray:
+        """Row indices in keep order: the first of a cluster in this order survives."""
+        n = summary.num_rows
+        position = np.arange(n)
+        if self.config.keep == "first":
+            return position
+        if self.config.keep == "longest":
+            length = summary.column("length").to_numpy(zero_copy_only=False)
+            return np.lexsort((position, -length.astype(np.int64)))
+        newest = pc.rank(summary.column("newest").combine_chunks(), sort_keys="descending", tiebreaker="first")
+        return np.lexsort((position, np.asarray(newest)))
 
     def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:
         if state is None:
