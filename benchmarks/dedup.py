@@ -80,6 +80,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import CorpusError, load_corpus  # noqa: E402
+from benchmarks.machine import BUSY_CORES, CpuMeter, wait_for_idle  # noqa: E402
 from pipeline import minhash  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 
@@ -104,7 +105,6 @@ TARGET_RECALL = 0.97
 TARGET_DOCS_PER_S = 50_000
 TARGET_CORES = 2
 TARGET_RSS_MB = 1024
-BUSY_CORES = 0.25
 """Above this many cores used by other processes, a timing is flagged as contended."""
 INFO = DatasetInfo("text", ("text",))
 
@@ -113,33 +113,6 @@ console = Console(width=None if sys.stdout.isatty() else 170)
 
 
 # -------------------------------------------------------------------------- metering
-
-
-def _system_cpu_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (plus time stolen by the host)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_idle(max_seconds: float) -> None:
-    """Wait until other processes leave the CPUs alone (below BUSY_CORES for a second),
-    for at most ``max_seconds``."""
-    deadline = time.perf_counter() + max_seconds
-    announced = False
-    while time.perf_counter() < deadline:
-        s0 = _system_cpu_seconds()
-        time.sleep(1.0)
-        s1 = _system_cpu_seconds()
-        if s0 is None or s1 is None or s1 - s0 < BUSY_CORES:
-            return
-        if not announced:
-            console.print(f"  waiting up to {max_seconds:.0f}s for other processes ({s1 - s0:.1f} cores busy) ...")
-            announced = True
 
 
 def _status_kb(*keys: str) -> dict[str, int]:
@@ -232,32 +205,23 @@ class TreeSampler:
         self._thread.join()
 
 
-class Meter:
-    """Wall time, own CPU time (``add_cpu`` for workers'), the CPU other processes used
-    meanwhile, and peak RSS above the RSS at entry (``add_rss`` for workers')."""
+class Meter(CpuMeter):
+    """A :class:`CpuMeter` that also takes peak RSS above the RSS at entry (``add_rss``
+    for workers')."""
 
     def __enter__(self) -> Meter:
-        self.extra_cpu = 0.0
+        super().__enter__()
         self.extra_rss = 0.0
         self.worker_rss: list[float] = []
         self._rss0 = reset_peak_rss()
-        self._sys0 = _system_cpu_seconds()
-        self._cpu0 = time.process_time()
-        self._wall0 = time.perf_counter()
         return self
-
-    def add_cpu(self, seconds: float) -> None:
-        self.extra_cpu += seconds
 
     def add_rss(self, mb: float) -> None:
         self.extra_rss += mb
         self.worker_rss.append(mb)
 
     def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self._wall0
-        self.cpu = time.process_time() - self._cpu0 + self.extra_cpu
-        sys1 = _system_cpu_seconds()
-        self.others = None if sys1 is None or self._sys0 is None else max(0.0, sys1 - self._sys0 - self.cpu)
+        super().__exit__(*exc)
         self.own_peak_mb = max(0.0, peak_rss_mb() - self._rss0)
         self.peak_mb = self.own_peak_mb + self.extra_rss
 
@@ -1005,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         for attempt in range(repeat):
             console.print(f"timing {label}" + (f" ({attempt + 1}/{repeat})" if repeat > 1 else "") + " ...")
             if args.wait_idle > 0:
-                wait_for_idle(args.wait_idle)
+                wait_for_idle(args.wait_idle, console.print)
             run = fn()
             if run.error:
                 return run

@@ -7,7 +7,8 @@ The corpus (``benchmarks/corpus.py``) becomes the canonical table of a plain tex
 dataset (``row_id`` = ``doc_id``, ``text``, ``changed_by`` = ""), cut into shards of
 ``--shard-rows``. Then:
 
-1. Each stage of ``STAGE_ORDER`` is timed on its own, in this process, over all
+1. Each stage of ``STAGE_ORDER`` but ``near_dedup`` (it has its own benchmark,
+   ``benchmarks/dedup.py``) is timed on its own, in this process, over all
    shards, each stage fed the previous stage's kept rows as in the real chain. Global
    stages (``missing``, ``exact_dedup``) count ``summarize`` over all shards +
    ``decide`` + ``apply`` over all shards. Each stage first runs once on a few hundred
@@ -54,15 +55,18 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import CorpusError, load_corpus  # noqa: E402
+from benchmarks.machine import BUSY_CORES, wait_for_idle  # noqa: E402
+from benchmarks.machine import CpuMeter as Meter  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 from pipeline.stages.base import Stage, StageOutput  # noqa: E402
 from pipeline.stages.registry import STAGE_ORDER, stage_class  # noqa: E402
+
+BENCHMARKED = tuple(name for name in STAGE_ORDER if name != "near_dedup")
 
 INFO = DatasetInfo("text", ("text",))
 TARGET_DOCS_PER_S = 10_000
 FASTTEXT_TARGET_DOCS_PER_S = 20_000
 WARMUP_ROWS = 300
-BUSY_CORES = 0.25
 """Above this many cores used by other processes, a timing is flagged as contended."""
 LANGUAGE = "language"
 
@@ -106,58 +110,6 @@ class Row:
         if self.others is None or self.seconds <= 0:
             return None
         return self.others / self.seconds
-
-
-def _system_cpu_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (plus time stolen by the host)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_idle(max_seconds: float) -> float | None:
-    """Wait until other processes leave the CPUs alone (below BUSY_CORES for a second),
-    for at most ``max_seconds``; the cores they were using when the wait ended."""
-    deadline = time.perf_counter() + max_seconds
-    busy = None
-    announced = False
-    while True:
-        s0 = _system_cpu_seconds()
-        time.sleep(1.0)
-        s1 = _system_cpu_seconds()
-        if s0 is None or s1 is None:
-            return None
-        busy = s1 - s0
-        if busy < BUSY_CORES or time.perf_counter() >= deadline:
-            return busy
-        if not announced:
-            console.print(f"  waiting up to {max_seconds:.0f}s for other processes ({busy:.1f} cores busy) ...")
-            announced = True
-
-
-class Meter:
-    """Wall time, own CPU time (``add_cpu`` for workers') and the CPU other processes
-    used meanwhile, which tells whether the machine was shared during a timing."""
-
-    def __enter__(self) -> Meter:
-        self.extra_cpu = 0.0
-        self._sys0 = _system_cpu_seconds()
-        self._cpu0 = time.process_time()
-        self._wall0 = time.perf_counter()
-        return self
-
-    def add_cpu(self, seconds: float) -> None:
-        self.extra_cpu += seconds
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self._wall0
-        self.cpu = time.process_time() - self._cpu0 + self.extra_cpu
-        sys1 = _system_cpu_seconds()
-        self.others = None if sys1 is None or self._sys0 is None else max(0.0, sys1 - self._sys0 - self.cpu)
 
 
 # ------------------------------------------------------------------------- helpers
@@ -436,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     current = shards
     fasttext_stage: Stage | None = None
     language_at = 0
-    for name in STAGE_ORDER:
+    for name in BENCHMARKED:
         if name == LANGUAGE:
             language_at = len(chain)
             for backend in ("fasttext", "langdetect"):
@@ -488,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for attempt in range(args.repeat):
             console.print(f"timing {label}" + (f" ({attempt + 1}/{args.repeat})" if args.repeat > 1 else "") + " ...")
             if args.wait_idle > 0:
-                wait_for_idle(args.wait_idle)
+                wait_for_idle(args.wait_idle, console.print)
             out, meter = run_chain(stages, shards, processes)
             row = Row(label, kind, total, out, seconds=meter.wall, cpu=meter.cpu, others=meter.others, note=note)
             if best is None or row.seconds < best.seconds:
