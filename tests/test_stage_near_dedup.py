@@ -120,3 +120,11 @@ def test_config_checks() -> None:
         NearDedupConfig(bands=20, rows=10)
     with pytest.raises(ValidationError, match="newest_column"):
         NearDedupConfig(keep="newest")
+
+
+def test_empty_and_single_row_shards() -> None:
+    empty = pa.table({"row_id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "changed_by": pa.array([], pa.string())})
+    state, [out] = run([empty])
+    assert out.kept.num_rows == 0 and state.num_rows == 0 and stats_of(state)["clusters"] == 0
+    state, outs = run([empty, table([BASE])])
+    assert state.num_rows == 0 and [o.kept.num_rows for o in outs] == [0, 1]
