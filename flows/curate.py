@@ -24,6 +24,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 import pipeline
 from pipeline import steps
+from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig, config_hash
 from pipeline.readers import expand_inputs, file_sha256
 from pipeline.stages.registry import STAGE_ORDER
@@ -157,7 +158,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
             "rows_in": r.rows_in if r.enabled else "off",
             "rows_out": r.rows_out if r.enabled else "off",
             "changed": r.rows_changed,
-            "top_reasons": ", ".join(f"{k} ({v})" for k, v in r.top_reasons()),
+            "top_reasons": format_reasons(r.reasons),
         }
         for r in reports
     ]
@@ -175,5 +176,5 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         "path": path,
         "input_rows": input_rows,
         "kept_rows": kept,
-        "stages": [{**asdict(r), "top_reasons": r.top_reasons()} for r in reports],
+        "stages": [asdict(r) for r in reports],
     }

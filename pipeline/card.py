@@ -12,6 +12,13 @@ from typing import Any
 import yaml
 
 
+def format_reasons(reasons: dict[str, int], n: int = 3) -> str:
+    """``"language:de (48), language:es (47)"``: the ``n`` most frequent removal reasons,
+    ties by name, as the card, the CLI table and the Prefect artifact all show them."""
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{reason} ({count})" for reason, count in top)
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     splits = manifest["counts"]["splits"]
     header = {
@@ -57,8 +64,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         if not s["enabled"]:
             lines.append(f"| {s['stage']} | (off) | | | |")
             continue
-        reasons = sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:3]
-        top = ", ".join(f"{k} ({v})" for k, v in reasons)
+        top = format_reasons(s["reasons"])
         lines.append(f"| {s['stage']} | {s['rows_in']} | {s['rows_out']} | {s['rows_changed']} | {top} |")
     lines += ["", "## Sources", ""]
     lines += [f"- `{i['path']}` (sha256 `{i['sha256'][:16]}…`)" for i in manifest["inputs"]]

@@ -84,6 +84,8 @@ def _hide_input_errors_in_prefect_logs() -> None:
 def _print_result(console: Any, result: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from pipeline.card import format_reasons
+
     if result["status"] == "unchanged":
         console.print(
             f"[bold]{result['dataset']}[/]: inputs and config match [bold]{result['version']}[/]; "
@@ -97,7 +99,7 @@ def _print_result(console: Any, result: dict[str, Any]) -> None:
         if not s["enabled"]:
             table.add_row(s["stage"], "off", "", "", "")
             continue
-        reasons = ", ".join(f"{k} ({v})" for k, v in s["top_reasons"])
+        reasons = format_reasons(s["reasons"])
         table.add_row(s["stage"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['rows_changed']:,}", reasons)
     console.print(table)
     removed = result["input_rows"] - result["kept_rows"]
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.readers import Reader
 
-    console = Console(stderr=False)
+    console = Console()
     config = load_config(args.config, inputs=args.input, output=args.output, overrides=args.overrides)
     for dataset in config.datasets:
         # Fail fast on missing files, unreadable headers and unmapped columns,

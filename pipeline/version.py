@@ -52,9 +52,6 @@ class StageReport:
     def rows_removed(self) -> int:
         return self.rows_in - self.rows_out
 
-    def top_reasons(self, n: int = 3) -> list[tuple[str, int]]:
-        return sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-
     @classmethod
     def from_shards(
         cls, stage: str, results: list[Applied], extra_seconds: float = 0.0, decision: dict[str, Any] | None = None
