@@ -103,7 +103,7 @@ def calibrate(config: PipelineConfig, sample_rows: int = 50_000, target_recall: 
         sh, sigs = NearDedupStage.shingles_and_signatures(summary, cfg.num_perm)
         ref_bands, ref_rows = minhash.optimal_bands(REFERENCE_LSH_THRESHOLD, cfg.num_perm)
         ref = minhash.candidate_pairs(sigs, ref_bands, ref_rows, max_bucket_pairs=10**9)
-        reference = np.unique(_pair_keys(ref[minhash.exact_jaccard(sh, ref) >= cfg.threshold], len(sh)))
+        reference = minhash.unique(_pair_keys(ref[minhash.exact_jaccard(sh, ref) >= cfg.threshold], len(sh)))
 
         lsh = cfg.lsh_threshold if cfg.lsh_threshold is not None else max(cfg.threshold - minhash.LSH_MARGIN, 0.05)
         bands, rows = (cfg.bands, cfg.rows) if cfg.bands else minhash.optimal_bands(lsh, cfg.num_perm)

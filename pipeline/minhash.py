@@ -43,6 +43,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import minhash_kernels as kernels
+
 __all__ = [
     "EMPTY",
     "HASH_BITS",
@@ -58,20 +60,17 @@ __all__ = [
     "optimal_bands",
     "shingle",
     "signatures",
+    "unique",
 ]
 
 HASH_BITS = 48
-"""Shingle hashes are 48-bit values in ``uint64`` arrays. The spare 16 bits let a
-chunk of up to 65,536 documents (or pairs) be sorted by (document, hash) with one
-``np.sort`` of a single ``uint64`` key instead of a two-key ``np.lexsort`` (about 15x
-faster on 2M shingles). 48 bits keep collisions negligible: two unrelated shingles
-collide with probability 2^-48, and a 10,000-shingle document pair expects ~10^-6
-spurious matches."""
+"""Shingle hashes are 48-bit values in ``uint64`` arrays, which leaves 16 bits for a
+caller to pack a small tag beside a hash in one sortable key. 48 bits keep
+collisions negligible: two unrelated shingles collide with probability 2^-48, and a
+10,000-shingle document pair expects ~10^-6 spurious matches."""
 
-_HASH_MASK = np.uint64((1 << HASH_BITS) - 1)
-_LOCAL_BITS = 64 - HASH_BITS
-_CHUNK_DOCS = 1 << _LOCAL_BITS
-"""Documents (or pairs) per chunk in the sort-based steps: they fit the spare bits."""
+_CHUNK_BYTES = 8 << 20
+"""Text bytes shingled per chunk: folding and tokenising temporaries stay ~100 MB."""
 
 EMPTY = np.uint32(0xFFFFFFFF)
 """Signature value of an empty bin, and of every position of an empty document's
@@ -172,10 +171,10 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], data
 
 
-def _fold(texts: pa.Array, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, folded bytes) of the texts (nulls as empty): Unicode lowercase and
-    non-ASCII punctuation folded by ``pyarrow.compute`` in the documents that need
-    it, then every byte through ``table``. Whitespace is not collapsed yet."""
+def _fold_unicode(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, UTF-8 bytes) of the texts (nulls as empty) with Unicode lowercase and
+    non-ASCII punctuation folded by ``pyarrow.compute``, in the documents that hold
+    non-ASCII characters only; ASCII is left for a byte table (:data:`_ASCII_FOLD`)."""
     if texts.null_count:
         texts = pc.fill_null(texts, "")
     non_ascii = pc.invert(pc.string_is_ascii(texts))
@@ -183,8 +182,7 @@ def _fold(texts: pa.Array, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         slow = texts.filter(non_ascii)
         slow = pc.replace_substring_regex(pc.utf8_lower(slow), _FOLD_REGEX, " ")
         texts = pc.replace_with_mask(texts, non_ascii, slow.cast(texts.type))
-    offsets, raw = _string_buffers(texts)
-    return offsets, table[raw]
+    return _string_buffers(texts)
 
 
 def normalise(texts: pa.Array) -> pa.Array:
@@ -203,7 +201,8 @@ def normalise(texts: pa.Array) -> pa.Array:
     n = len(texts)
     if n == 0:
         return pa.array([], pa.string())
-    offsets, folded = _fold(texts, _ASCII_FOLD)
+    offsets, raw = _fold_unicode(texts)
+    folded = _ASCII_FOLD[raw]
     nonspace = folded != 0x20
     starts = nonspace.copy()
     starts[1:] &= ~nonspace[:-1]
@@ -268,54 +267,6 @@ class Shingles:
         return Shingles(values, offsets)
 
 
-_position_keys = np.zeros(0, np.uint64)
-
-
-def _position_table(length: int) -> np.ndarray:
-    """Random 64-bit keys ``T[p]`` for byte positions ``p`` within a word (grown on
-    demand, deterministic)."""
-    global _position_keys
-    if len(_position_keys) < length:
-        size = max(length, 2 * len(_position_keys), 64)
-        _position_keys = _mix64(np.arange(size, dtype=np.uint64) * _GOLDEN + np.uint64(0x5EED)) | np.uint64(1)
-    return _position_keys
-
-
-def _word_tokens(offsets: np.ndarray, folded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(word hashes, word offsets per document) from folded bytes in which every
-    separator is 0 (see :func:`_fold`).
-
-    A word is a maximal run of non-zero bytes, exactly a word of :func:`normalise`'s
-    output. Its hash is multilinear, ``mix64(sum_p byte_p * T[p])`` over its bytes with
-    random odd 64-bit keys per position, computed for all words at once with one
-    ``np.add.reduceat`` over the segments between word starts (the separators in a
-    segment add 0). That is ~3x faster than ``dictionary_encode`` + hashing the unique
-    words, and unlike a polynomial hash mod 2^64 it has no structured collisions
-    (distinct words collide with probability ~2^-57).
-    """
-    n = len(offsets) - 1
-    nonzero = folded != 0
-    starts = nonzero.copy()
-    starts[1:] &= ~nonzero[:-1]
-    firsts = offsets[:-1][offsets[:-1] < offsets[1:]]
-    starts[firsts] = nonzero[firsts]
-    word_starts = np.flatnonzero(starts)
-    if len(word_starts) == 0:
-        return np.zeros(0, np.uint64), np.zeros(n + 1, np.int64)
-    base = word_starts[0]
-    rel = word_starts - base
-    seg = np.diff(rel, append=len(folded) - base)
-    idx_dtype = np.int32 if len(folded) < 2**31 else np.int64
-    pos = np.arange(len(folded) - base, dtype=idx_dtype)
-    pos -= np.repeat(rel.astype(idx_dtype), seg)
-    keys = _position_table(int(seg.max()))
-    terms = keys[pos]
-    terms *= folded[base:]
-    hashes = _mix64(np.add.reduceat(terms, rel))
-    word_offsets = np.searchsorted(word_starts, offsets, side="left").astype(np.int64)
-    return hashes, word_offsets
-
-
 def _char_tokens(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(character hashes, character offsets per document) of normalised UTF-8 text.
 
@@ -338,46 +289,6 @@ def _char_tokens(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.
     return hashes, tok_offsets
 
 
-def _ngrams(tokens: np.ndarray, tok_offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n-gram hashes, owning document) of every n-gram that stays within a document;
-    a document with 1..n-1 tokens gets one hash of all its tokens.
-
-    The n-gram hash is a polynomial over the token hashes (order matters), computed on
-    shifted views of the whole token array, then masked to the n-grams that end in the
-    document they start in and finished with the splitmix64 finaliser, salted with the
-    gram length so a short document's whole-text gram is not an n-gram hash.
-    """
-    lengths = np.diff(tok_offsets)
-    docs = np.arange(len(lengths), dtype=np.int64)
-    grams, owners = [], []
-    span = len(tokens) - n + 1
-    if span > 0:
-        acc = tokens[:span].copy()
-        for k in range(1, n):
-            acc *= _POLY
-            acc += tokens[k : k + span]
-        owner = np.repeat(docs, lengths)[:span]
-        valid = np.arange(n, span + n, dtype=np.int64) <= tok_offsets[1:][owner]
-        acc = acc[valid]
-        acc += np.uint64((n * int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF)
-        grams.append(_mix64(acc))
-        owners.append(owner[valid])
-    short = (lengths > 0) & (lengths < n)
-    if short.any():
-        start = tok_offsets[:-1][short]
-        length = lengths[short]
-        acc = tokens[start].copy()
-        for k in range(1, n - 1):
-            more = length > k
-            acc[more] = acc[more] * _POLY + tokens[start[more] + k]
-        acc += length.astype(np.uint64) * np.full(1, _GOLDEN)
-        grams.append(_mix64(acc))
-        owners.append(docs[short])
-    if not grams:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    return np.concatenate(grams), np.concatenate(owners)
-
-
 def _doc_chunks(offsets: np.ndarray, max_values: int, max_docs: int | None = None) -> list[tuple[int, int]]:
     """Consecutive document ranges holding at most ``max_values`` values (and
     ``max_docs`` documents) each; a larger document gets a range to itself."""
@@ -394,22 +305,6 @@ def _doc_chunks(offsets: np.ndarray, max_values: int, max_docs: int | None = Non
     return out
 
 
-def _sorted_unique(hashes: np.ndarray, owner: np.ndarray, n_docs: int) -> Shingles:
-    """Per-document sort + dedup of (owner, hash) with one ``np.sort`` of a packed key
-    (``owner`` < 2^16 in the high bits, the top 48 hash bits below)."""
-    key = (owner.astype(np.uint64) << np.uint64(HASH_BITS)) | (hashes >> np.uint64(_LOCAL_BITS))
-    key.sort()
-    if len(key):
-        distinct = np.empty(len(key), dtype=bool)
-        distinct[0] = True
-        np.not_equal(key[1:], key[:-1], out=distinct[1:])
-        key = key[distinct]
-    counts = np.bincount((key >> np.uint64(HASH_BITS)).astype(np.int64), minlength=n_docs)
-    offsets = np.zeros(n_docs + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return Shingles(key & _HASH_MASK, offsets)
-
-
 def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word") -> Shingles:
     """The distinct hashed n-grams of each normalised text (see :func:`normalise`).
 
@@ -418,7 +313,10 @@ def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word")
     Japanese) and very short texts. A text with fewer than ``n`` tokens gets one
     shingle of all its tokens (so short texts can still match exact copies of
     themselves); an empty or null text gets none. Texts are processed in chunks of at
-    most 65,536 documents and ~8 MB so temporaries stay bounded.
+    about 8 MB so temporaries stay bounded.
+
+    The per-document loops (tokens, n-gram hashes, per-document sort and dedup) are
+    compiled (:mod:`pipeline.minhash_kernels`).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -427,14 +325,15 @@ def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word")
     texts = _as_string_array(texts)
     text_offsets, _ = _string_buffers(texts)
     parts = []
-    for lo, hi in _doc_chunks(text_offsets, 8 << 20, _CHUNK_DOCS):
+    for lo, hi in _doc_chunks(text_offsets, _CHUNK_BYTES):
         chunk = texts.slice(lo, hi - lo)
         if kind == "word":
-            tokens, tok_offsets = _word_tokens(*_fold(chunk, _ASCII_FOLD_ZERO))
+            offsets, raw = _fold_unicode(chunk)
+            tokens, tok_offsets = kernels.word_hashes(raw, offsets, _ASCII_FOLD_ZERO)
         else:
             tokens, tok_offsets = _char_tokens(*_string_buffers(pc.fill_null(normalise(chunk), "")))
-        grams, owner = _ngrams(tokens, tok_offsets, n)
-        parts.append(_sorted_unique(grams, owner, hi - lo))
+        values, offsets = kernels.ngram_sets(tokens, tok_offsets, n, 64 - HASH_BITS)
+        parts.append(Shingles(values, offsets))
     if not parts:
         return Shingles(np.zeros(0, np.uint64), np.zeros(len(texts) + 1, np.int64))
     return Shingles.concat(parts)
@@ -443,10 +342,17 @@ def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word")
 # ----------------------------------------------------------------------- signatures
 
 
-def _owners(offsets: np.ndarray) -> np.ndarray:
-    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-
-
+def unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-D integer array. ``np.unique`` in numpy 2.4
+    hashes and then sorts; on 2.3M ``int64`` pair codes that took 2.1 s against
+    0.09 s for this sort and neighbour comparison."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    distinct = np.empty(len(values), dtype=bool)
+    distinct[0] = True
+    np.not_equal(values[1:], values[:-1], out=distinct[1:])
+    return values[distinct]
 
 
 def _fmix32(x: np.ndarray) -> np.ndarray:
@@ -495,146 +401,21 @@ def _kperm(sh: Shingles, num_perm: int, seed: int) -> np.ndarray:
     return sigs
 
 
-@lru_cache(maxsize=32)
-def _probe_table(num_perm: int, seed: int, attempts: int) -> np.ndarray:
-    """``probe[t, j]``: the bin that empty bin ``j`` borrows from at attempt ``t``
-    (a fixed seeded hash of (j, t), the same for every document)."""
-    t = np.arange(1, attempts + 1, dtype=np.uint64)[:, None]
-    j = np.arange(num_perm, dtype=np.uint64)[None, :]
-    salt = _mix_scalar(seed, 0x0DE5)
-    h = _mix64((t * np.uint64(num_perm) + j) * _GOLDEN ^ salt)
-    return ((h >> np.uint64(32)) * np.uint64(num_perm) >> np.uint64(32)).astype(np.int64)
-
-
-_DENSIFY_ATTEMPTS = 64
-
-
-def _densify(sigs: np.ndarray, seed: int) -> None:
-    """Fill empty bins of non-empty rows in place (Shrivastava 2017, "optimal
-    densification"): empty bin ``j`` copies bin ``probe(j, t)`` for the first attempt
-    ``t`` that hits a non-empty bin. The probe sequence depends only on (j, t, seed), so
-    two documents whose bins agree get the same fill, keeping the estimate unbiased
-    with less variance than copying the nearest neighbour bin. Bins still empty after
-    :data:`_DENSIFY_ATTEMPTS` attempts (documents with very few shingles) take the next
-    non-empty bin to the right, circularly: also a function of the bins alone."""
-    n, k = sigs.shape
-    empty_bin = sigs == EMPTY
-    nonempty_doc = ~empty_bin.all(axis=1)
-    rows, cols = np.nonzero(empty_bin & nonempty_doc[:, None])
-    if len(rows) == 0:
-        return
-    filled = sigs.copy()
-    probe = _probe_table(k, seed, _DENSIFY_ATTEMPTS)
-    flat = sigs.reshape(-1)
-    for t in range(_DENSIFY_ATTEMPTS):
-        src = flat[rows * k + probe[t, cols]]
-        hit = src != EMPTY
-        filled[rows[hit], cols[hit]] = src[hit]
-        rows, cols = rows[~hit], cols[~hit]
-        if len(rows) == 0:
-            break
-    if len(rows):
-        # Next non-empty bin to the right (circular) of each remaining bin.
-        for d in range(1, k):
-            src = flat[rows * k + (cols + d) % k]
-            hit = src != EMPTY
-            filled[rows[hit], cols[hit]] = src[hit]
-            rows, cols = rows[~hit], cols[~hit]
-            if len(rows) == 0:
-                break
-    sigs[...] = filled
-
-
-def _densify_rotation(binmins: np.ndarray, seed: int) -> None:
-    """Fill the empty bins of non-empty documents in place, ``binmins`` being
-    ``(num_perm, docs)`` (bins as rows, so every step below is a whole-row vector op).
-
-    "Improved densification" (Shrivastava & Li 2014): empty bin ``j`` borrows from the
-    nearest non-empty bin to its right or to its left (circularly; the direction is a
-    fixed seeded coin per bin), and the borrowed value is rehashed with the distance
-    so it cannot equal a value another document holds in bin ``j`` itself. The nearest
-    non-empty bins come from running minima/maxima of bin indices down the bins.
-    """
-    k, m = binmins.shape
-    if m == 0:
-        return
-    empty = binmins == EMPTY
-    if not empty.any():
-        return
-    go_right = (_mix64(np.arange(k, dtype=np.uint64) ^ _mix_scalar(seed, 0xD1)) >> np.uint64(63)).astype(bool)
-    # Key (bin + 1) << 32 | value of every non-empty bin: a running minimum from the
-    # right gives, in one uint64, the nearest non-empty bin at or right of each bin and
-    # its value; a running maximum from the left the nearest one at or left of it.
-    # (Row-by-row ufunc calls: ~50x faster than ufunc.accumulate along axis 0.)
-    pos1 = (np.arange(k, dtype=np.uint64) + np.uint64(1))[:, None]
-    keys = (pos1 << np.uint64(32)) | binmins
-    none = np.uint64(0xFFFFFFFFFFFFFFFF)
-    right = np.where(empty, none, keys)
-    for j in range(k - 2, -1, -1):
-        np.minimum(right[j], right[j + 1], out=right[j])
-    wrap_r = right == none  # nothing to the right: wrap to the first non-empty bin
-    right = np.where(wrap_r, right[0], right)
-    left = np.where(empty, np.uint64(0), keys)
-    for j in range(1, k):
-        np.maximum(left[j], left[j - 1], out=left[j])
-    wrap_l = left == 0  # nothing to the left: wrap to the last non-empty bin
-    left = np.where(wrap_l, left[-1], left)
-    src_r = (right >> np.uint64(32)).astype(np.int64) + np.where(wrap_r, k, 0)
-    src_l = (left >> np.uint64(32)).astype(np.int64) - np.where(wrap_l, k, 0)
-    here = pos1.astype(np.int64)
-    dist = np.where(go_right[:, None], src_r - here, here - src_l).astype(np.uint32)
-    val = (np.where(go_right[:, None], right, left) & _U32).astype(np.uint32)
-    dist *= np.uint32(0x9E3779B9)
-    val ^= dist
-    borrowed = _fmix32(val)
-    np.minimum(borrowed, EMPTY - np.uint32(1), out=borrowed)
-    live = ~empty.all(axis=0)  # empty documents stay all-EMPTY
-    np.copyto(binmins, borrowed, where=empty & live[None, :])
-
-
-def _oph(sh: Shingles, num_perm: int, seed: int, densify: str) -> np.ndarray:
-    n = len(sh)
-    sigs = np.full((n, num_perm), EMPTY, dtype=np.uint32)
-    salt = _mix_scalar(seed, 0x0F4)
-    k = np.uint64(num_perm)
-    # ~2 MB of bins per chunk: the densification temporaries stay cache-sized and are
-    # reused by the allocator instead of being page-faulted in afresh.
-    max_docs = max(1, (2 << 20) // (4 * num_perm))
-    for lo, hi in _doc_chunks(sh.offsets, 1 << 22, max_docs):
-        m = hi - lo
-        start, stop = sh.offsets[lo], sh.offsets[hi]
-        binmins = np.full((num_perm, m), EMPTY, dtype=np.uint32)
-        if stop > start:
-            h = _mix64(sh.values[start:stop] ^ salt)
-            bins = (((h >> np.uint64(32)) * k) >> np.uint64(32)).astype(np.int64)  # fastrange: uniform in [0, k)
-            vals = np.minimum(h & _U32, np.uint64(EMPTY - 1)).astype(np.uint32)
-            owner = _owners(sh.offsets[lo : hi + 1] - start)
-            np.minimum.at(binmins.reshape(-1), bins * m + owner, vals)
-        if densify == "rotation":
-            _densify_rotation(binmins, seed)
-            sigs[lo:hi] = binmins.T
-        else:
-            rows = np.ascontiguousarray(binmins.T)
-            _densify(rows, seed)
-            sigs[lo:hi] = rows
-    return sigs
-
-
 def signatures(
     sh: Shingles,
     num_perm: int = 128,
     seed: int = 1,
     scheme: Literal["oph", "kperm"] = "oph",
-    *,
-    densify: Literal["rotation", "optimal"] = "rotation",
 ) -> np.ndarray:
     """``(n, num_perm)`` ``uint32`` MinHash signatures of the shingle sets.
 
     ``"oph"`` (default), one-permutation hashing: each shingle is hashed once (seeded
     splitmix64), the top bits pick one of ``num_perm`` bins, the low 32 bits are the
-    value, and each (document, bin) keeps its minimum; empty bins are then filled
-    from non-empty ones (densification, see ``densify``). Cost is one hash per shingle
-    plus O(num_perm) per document, independent of ``num_perm`` per shingle.
+    value, and each (document, bin) keeps its minimum; an empty bin then borrows from
+    the nearest non-empty bin to its right or left (a fixed seeded coin per bin),
+    rehashed with the distance ("improved densification", Shrivastava & Li 2014).
+    Cost is one hash per shingle plus O(num_perm) per document, independent of
+    ``num_perm`` per shingle; the loop is compiled (:mod:`pipeline.minhash_kernels`).
 
     ``"kperm"``, classic MinHash: ``num_perm`` permutations ``a*h + b mod 2^32`` of the
     MurmurHash3-premixed low 32 bits of each shingle hash, exactly datasketch's
@@ -642,11 +423,10 @@ def signatures(
     ``datasketch.MinHash(num_perm, seed, hashfunc=identity)`` fed
     :func:`shingle_hash32`. Cost is ``num_perm`` multiply-adds per shingle.
 
-    ``densify`` picks how OPH fills the bins no shingle fell into: ``"rotation"``
-    (default, :func:`_densify_rotation`) or ``"optimal"`` (:func:`_densify`).
-
     Why OPH with rotation is the default (one process on a shared 2-core machine, real
-    paragraphs of median 33 words, so most documents leave most of 128 bins empty):
+    paragraphs of median 33 words, so most documents leave most of 128 bins empty;
+    measured with the numpy versions, before the compiled loop; "optimal" is
+    Shrivastava's 2017 probe-sequence densification, since removed):
 
     ============  ==================  =============  =============================
     scheme        signatures, 36k     MAE vs exact   LSH recall at J >= 0.8,
@@ -660,9 +440,8 @@ def signatures(
     Rotation copies neighbouring bins, so agreements and disagreements come in runs:
     the single estimate is noisier (MAE 0.045) but bands of near-duplicates collide
     more often, which is what candidate generation needs, and :func:`find_duplicates`
-    verifies candidates on the exact shingle sets anyway. Use ``"kperm"`` (or
-    ``densify="optimal"``) when the estimate itself is the answer
-    (``verify="estimate"``).
+    verifies candidates on the exact shingle sets anyway. Use ``"kperm"`` when the
+    estimate itself is the answer (``verify="estimate"``).
 
     Empty documents get a row of :data:`EMPTY`, which matches nothing. Other minima are
     clamped below :data:`EMPTY` (a 2^-32 distortion).
@@ -670,9 +449,8 @@ def signatures(
     if num_perm < 1:
         raise ValueError(f"num_perm must be >= 1, got {num_perm}")
     if scheme == "oph":
-        if densify not in ("rotation", "optimal"):
-            raise ValueError(f"densify must be 'rotation' or 'optimal', got {densify!r}")
-        return _oph(sh, num_perm, seed, densify)
+        go_right = (_mix64(np.arange(num_perm, dtype=np.uint64) ^ _mix_scalar(seed, 0xD1)) >> np.uint64(63)).astype(bool)
+        return kernels.oph_signatures(sh.values, sh.offsets, num_perm, _mix_scalar(seed, 0x0F4), go_right)
     if scheme == "kperm":
         return _kperm(sh, num_perm, seed)
     raise ValueError(f"scheme must be 'oph' or 'kperm', got {scheme!r}")
@@ -704,51 +482,9 @@ def estimate_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def exact_jaccard(sh: Shingles, pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle sets of each pair (``float64``; 0 when both are
-    empty).
-
-    Vectorised by sorting, in chunks of at most 65,536 pairs and ~4M hashes: both
-    documents' hashes are gathered and tagged with the pair's position in the chunk
-    (high 16 bits of one ``uint64`` key), sorted once, and since each set is duplicate
-    free, every pair of equal neighbours is one shared shingle.
-    """
-    pairs = _as_pairs(pairs)
-    m = len(pairs)
-    out = np.zeros(m, np.float64)
-    if m == 0:
-        return out
-    sizes = sh.sizes
-    la, lb = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
-    cost = np.cumsum(la + lb)
-    packed = len(sh.values) == 0 or int(sh.values.max()) <= int(_HASH_MASK)
-    lo = 0
-    while lo < m:
-        base = cost[lo - 1] if lo else 0
-        hi = int(np.searchsorted(cost, base + (4 << 20), side="right"))
-        hi = min(max(hi, lo + 1), lo + _CHUNK_DOCS, m)
-        p = pairs[lo:hi]
-        a_len, b_len = la[lo:hi], lb[lo:hi]
-        both = np.empty(2 * len(p), np.int64)
-        both[0::2], both[1::2] = p[:, 0], p[:, 1]
-        counts = sizes[both]
-        idx = _ranges(sh.offsets[both], counts)
-        tag = np.repeat(np.arange(len(p), dtype=np.int64), a_len + b_len)
-        vals = sh.values[idx]
-        if packed:
-            key = (tag.astype(np.uint64) << np.uint64(HASH_BITS)) | vals
-            key.sort()
-            eq = np.flatnonzero(key[1:] == key[:-1])
-            shared_tag = (key[eq] >> np.uint64(HASH_BITS)).astype(np.int64)
-        else:  # values wider than HASH_BITS (hand-built Shingles): two-key sort
-            order = np.lexsort((vals, tag))
-            t, v = tag[order], vals[order]
-            eq = np.flatnonzero((t[1:] == t[:-1]) & (v[1:] == v[:-1]))
-            shared_tag = t[eq]
-        inter = np.bincount(shared_tag, minlength=len(p)).astype(np.float64)
-        union = a_len + b_len - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:hi] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-        lo = hi
-    return out
+    empty), by merging the two sorted lists of each pair in a compiled loop
+    (:func:`pipeline.minhash_kernels.jaccard`): linear in the two sets, no sort."""
+    return kernels.jaccard(sh.values, sh.offsets, _as_pairs(pairs))
 
 
 # ------------------------------------------------------------------------------ LSH
@@ -871,7 +607,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket_pairs: i
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(found)
     lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    code = np.unique(lo * np.int64(n) + hi)
+    code = unique(lo * np.int64(n) + hi)
     return np.stack([code // n, code % n], axis=1)
 
 
@@ -901,7 +637,7 @@ def centre_clusters(n: int, pairs: np.ndarray, order: np.ndarray | None = None) 
     rank = np.arange(n, dtype=np.int64)
     if order is not None:
         rank[np.asarray(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
-    nodes = np.unique(src)
+    nodes = unique(src)
     assigned = np.full(n, -1, dtype=np.int64)
     for doc in nodes[np.argsort(rank[nodes], kind="stable")].tolist():
         if assigned[doc] >= 0:
