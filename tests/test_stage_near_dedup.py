@@ -96,6 +96,13 @@ def test_keep_policies(keep: str, extra: dict, survivor: str) -> None:
     assert out.kept.column("row_id").to_pylist() == [survivor]
 
 
+def test_keep_quality_prefers_the_copy_without_markup_noise() -> None:
+    tagged = BASE + " #budget #library #news"
+    for keep, survivor in (("first", "r0"), ("quality", "r1")):
+        _, [out] = run([table([tagged, BASE])], keep=keep)
+        assert out.kept.column("row_id").to_pylist() == [survivor]
+
+
 def test_instruction_key_choice() -> None:
     info = DatasetInfo("instruction", ("prompt", "response"))
     rows = pa.table(

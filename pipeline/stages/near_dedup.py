@@ -5,7 +5,7 @@ joins two unrelated texts, and chains of collisions build giant false clusters. 
 LSH only proposes candidate pairs, banded for a threshold below the target so few true
 pairs are missed; every candidate is then checked (exact Jaccard of the shingle sets
 by default) and only verified pairs become edges. Clusters form around
-centres visited in the keep policy's order (first, longest, newest): a row joins a
+centres visited in the keep policy's order (first, longest, newest, quality): a row joins a
 cluster only through a verified edge to the row kept in its place, so a chain A~B~C
 never drops C for A.
 
@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from pipeline import minhash
 from pipeline.schema import ROW_ID, field_strings, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
+from pipeline.stages.quality import overall_quality, quality_scores
 
 
 class NearDedupConfig(StageConfig):
@@ -49,7 +50,10 @@ class NearDedupConfig(StageConfig):
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
     verify: Literal["exact", "estimate"] = "exact"
-    keep: Literal["first", "longest", "newest"] = "first"
+    keep: Literal["first", "longest", "newest", "quality"] = "first"
+    """Which member of a cluster survives: the first in input order, the longest text,
+    the largest ``newest_column`` value, or the cleanest by
+    :func:`pipeline.stages.quality.overall_quality` (ties: the first)."""
     newest_column: str | None = None
     """For ``keep: newest``: the column whose largest value survives."""
 
@@ -88,6 +92,8 @@ class NearDedupStage(Stage):
             "signature": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm),
             "length": pc.utf8_length(texts),
         }
+        if cfg.keep == "quality":
+            columns["quality"] = overall_quality(quality_scores(joined_text(table, self.info)))
         if cfg.keep == "newest":
             if cfg.newest_column not in table.column_names:
                 raise ValueError(f"stages.near_dedup.newest_column: no column {cfg.newest_column!r}")
@@ -155,6 +161,8 @@ class NearDedupStage(Stage):
         if self.config.keep == "longest":
             length = summary.column("length").to_numpy(zero_copy_only=False)
             return np.lexsort((position, -length.astype(np.int64)))
+        if self.config.keep == "quality":
+            return np.lexsort((position, -summary.column("quality").to_numpy()))
         newest = pc.rank(summary.column("newest").combine_chunks(), sort_keys="descending", tiebreaker="first")
         return np.lexsort((position, np.asarray(newest)))
 

@@ -656,6 +656,33 @@ def quality_scores(text: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     return {name: scores[name] for name in SCORE_COLUMNS}
 
 
+NOISE_SHARES = (
+    "symbol_word_ratio",
+    "ellipsis_line_share",
+    "bullet_line_share",
+    "dup_line_share",
+    "dup_line_char_share",
+    *(f"top_{n}gram_share" for n in NGRAM_SIZES),
+)
+"""The scores that grow with markup, boilerplate and repetition, each 0 for clean text."""
+
+
+def overall_quality(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """One number per row in [0, 1], higher is cleaner: 1 minus the mean of
+    :data:`NOISE_SHARES` (each capped at 1) and of the share of words without a letter.
+
+    The checks answer "keep or drop" with thresholds; choosing which of several
+    near-duplicates to keep (``near_dedup``'s ``keep: quality``) needs a ranking
+    instead: copies that all pass the filters still differ in how many hashtags,
+    repeated lines or non-words they carry, and the cleanest should survive. A row
+    with nothing to measure (null shares) counts as clean on that score; one with no
+    words at all scores as wholly non-alphabetic.
+    """
+    bad = [np.minimum(np.nan_to_num(np.asarray(scores[name], np.float64), nan=0.0), 1.0) for name in NOISE_SHARES]
+    bad.append(1.0 - np.nan_to_num(np.asarray(scores["alpha_word_share"], np.float64), nan=0.0))
+    return 1.0 - np.mean(bad, axis=0)
+
+
 # --- the stage -----------------------------------------------------------------------
 
 
