@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -465,26 +466,69 @@ def _as_pairs(pairs: np.ndarray) -> np.ndarray:
     return pairs
 
 
-def estimate_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+ShinglesParts = Shingles | Sequence[Shingles]
+"""One :class:`Shingles`, or several (e.g. one per shard) numbered as if concatenated."""
+SignatureParts = np.ndarray | Sequence[np.ndarray]
+"""One ``(n, num_perm)`` signature matrix, or several numbered as if stacked."""
+
+
+def _parts(x: Any) -> list[Any]:
+    return [x] if isinstance(x, (Shingles, np.ndarray)) else list(x)
+
+
+def _part_starts(sizes: Sequence[int]) -> np.ndarray:
+    """Global index of each part's first document, and the total at the end."""
+    return np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64))]).astype(np.int64)
+
+
+def _by_part_pair(pairs: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(part_a, part_b, positions, local_pairs)`` for each group of ``pairs`` whose
+    two documents live in the same two parts, so each group can be worked on with
+    only those two parts in memory."""
+    if len(starts) == 2:
+        if len(pairs):
+            yield 0, 0, np.arange(len(pairs)), pairs
+        return
+    part_a = np.searchsorted(starts, pairs[:, 0], side="right") - 1
+    part_b = np.searchsorted(starts, pairs[:, 1], side="right") - 1
+    key = part_a * len(starts) + part_b
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for positions in np.split(order, bounds):
+        if len(positions):
+            a, b = int(part_a[positions[0]]), int(part_b[positions[0]])
+            yield a, b, positions, pairs[positions] - np.array([starts[a], starts[b]])
+
+
+def estimate_jaccard(sigs: SignatureParts, pairs: np.ndarray) -> np.ndarray:
     """Estimated Jaccard per pair: the share of signature positions that are equal
     (and not :data:`EMPTY`, so empty documents estimate 0). ``float32``."""
     pairs = _as_pairs(pairs)
+    parts = _parts(sigs)
     out = np.zeros(len(pairs), np.float32)
-    k = sigs.shape[1]
+    k = parts[0].shape[1] if parts else 1
     step = max(1, (32 << 20) // max(1, k))
-    for lo in range(0, len(pairs), step):
-        p = pairs[lo : lo + step]
-        a, b = sigs[p[:, 0]], sigs[p[:, 1]]
-        same = (a == b) & (a != EMPTY)
-        out[lo : lo + step] = same.sum(axis=1, dtype=np.int64) / np.float32(k)
+    for a, b, positions, local in _by_part_pair(pairs, _part_starts([len(p) for p in parts])):
+        for lo in range(0, len(local), step):
+            chunk = local[lo : lo + step]
+            x, y = parts[a][chunk[:, 0]], parts[b][chunk[:, 1]]
+            same = (x == y) & (x != EMPTY)
+            out[positions[lo : lo + step]] = same.sum(axis=1, dtype=np.int64) / np.float32(k)
     return out
 
 
-def exact_jaccard(sh: Shingles, pairs: np.ndarray) -> np.ndarray:
+def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle sets of each pair (``float64``; 0 when both are
     empty), by merging the two sorted lists of each pair in a compiled loop
-    (:func:`pipeline.minhash_kernels.jaccard`): linear in the two sets, no sort."""
-    return kernels.jaccard(sh.values, sh.offsets, _as_pairs(pairs))
+    (:func:`pipeline.minhash_kernels.jaccard`): linear in the two sets, no sort.
+    With several parts, pairs are grouped by the two parts they touch, so parts that
+    are memory-mapped files are read a pair of parts at a time."""
+    pairs = _as_pairs(pairs)
+    parts = _parts(sh)
+    out = np.zeros(len(pairs), np.float64)
+    for a, b, positions, local in _by_part_pair(pairs, _part_starts([len(p) for p in parts])):
+        out[positions] = kernels.jaccard(parts[a].values, parts[a].offsets, parts[b].values, parts[b].offsets, local)
+    return out
 
 
 # ------------------------------------------------------------------------------ LSH
@@ -528,15 +572,18 @@ def optimal_bands(
     return bands[best], rows[best]
 
 
-def _band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """``(n, bands)`` ``uint64``: one hash of each band's ``rows`` signature values."""
-    n = sigs.shape[0]
-    block = sigs[:, : bands * rows].reshape(n, bands, rows)
-    acc = np.zeros((n, bands), np.uint64)
+_BAND_SALTS = (np.arange(1, 1025, dtype=np.uint64) * _GOLDEN)
+"""Per-band salt ``(band + 1) * golden`` (mod 2^64) for up to 1,024 bands."""
+
+
+def _band_key(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """``(n,)`` ``uint64``: one hash of the ``rows`` signature values of ``band``."""
+    block = sigs[:, band * rows : (band + 1) * rows]
+    acc = np.zeros(len(sigs), np.uint64)
     for c in range(rows):
         acc *= _POLY
-        acc += block[:, :, c]
-    acc ^= (np.arange(bands, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
+        acc += block[:, c]
+    acc ^= _BAND_SALTS[band]
     return _mix64(acc)
 
 
@@ -571,7 +618,7 @@ def _group_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_b
     return out
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket_pairs: int = 50_000) -> np.ndarray:
+def candidate_pairs(sigs: SignatureParts, bands: int, rows: int, max_bucket_pairs: int = 50_000) -> np.ndarray:
     """``(m, 2)`` ``int64`` unique pairs ``i < j`` whose signatures agree on all
     ``rows`` positions of at least one of ``bands`` bands.
 
@@ -585,18 +632,25 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket_pairs: i
     similar only to a non-neighbour that is not the first member is then found only
     through another band (with 9+ bands, usually). Empty documents (rows of
     :data:`EMPTY`) never become candidates.
+
+    One band is grouped at a time, from the signature parts as they are (views, or
+    memory-mapped files): besides the pairs, memory holds one ``uint64`` key and one
+    sort index per document (16 bytes per document, whatever ``num_perm``).
     """
-    n = sigs.shape[0]
-    if bands < 1 or rows < 1 or bands * rows > sigs.shape[1]:
-        raise ValueError(f"bands*rows must fit the {sigs.shape[1]} signature positions: {bands}x{rows}")
-    live = np.flatnonzero(~(sigs == EMPTY).all(axis=1))
+    parts = [p for p in _parts(sigs) if len(p)]
+    n = sum(len(p) for p in parts)
+    width = parts[0].shape[1] if parts else bands * rows
+    if bands < 1 or rows < 1 or bands * rows > width:
+        raise ValueError(f"bands*rows must fit the {width} signature positions: {bands}x{rows}")
+    live_mask = np.concatenate([~(p == EMPTY).all(axis=1) for p in parts]) if parts else np.zeros(0, bool)
+    live = np.flatnonzero(live_mask)
     if len(live) < 2:
         return np.zeros((0, 2), np.int64)
-    keys = _band_keys(sigs[live], bands, rows)
     found: list[np.ndarray] = []
     for b in range(bands):
-        order = np.argsort(keys[:, b], kind="stable")
-        k = keys[order, b]
+        keys = np.concatenate([_band_key(p, b, rows) for p in parts])[live]
+        order = np.argsort(keys, kind="stable")
+        k = keys[order]
         change = np.flatnonzero(k[1:] != k[:-1]) + 1
         starts = np.concatenate([[0], change])
         sizes = np.diff(np.concatenate([starts, [len(k)]]))
@@ -677,8 +731,8 @@ class DedupResult:
 
 
 def find_duplicates(
-    sh: Shingles,
-    sigs: np.ndarray,
+    sh: ShinglesParts,
+    sigs: SignatureParts,
     threshold: float = 0.8,
     bands: int | None = None,
     rows: int | None = None,
@@ -699,9 +753,11 @@ def find_duplicates(
     documents in ``order``), so every document dropped has a verified edge to the one
     kept in its place.
     """
-    n, num_perm = sigs.shape
-    if len(sh) != n:
-        raise ValueError(f"{len(sh)} shingled documents but {n} signatures")
+    sh_parts, sig_parts = _parts(sh), _parts(sigs)
+    n = sum(len(p) for p in sig_parts)
+    num_perm = sig_parts[0].shape[1] if sig_parts else 1
+    if [len(p) for p in sh_parts] != [len(p) for p in sig_parts]:
+        raise ValueError(f"shingle parts of {[len(p) for p in sh_parts]} documents but signature parts of {[len(p) for p in sig_parts]}")
     if bands is None and rows is None:
         tuned = lsh_threshold if lsh_threshold is not None else max(threshold - LSH_MARGIN, 0.0)
         bands, rows = optimal_bands(tuned, num_perm)
@@ -711,7 +767,7 @@ def find_duplicates(
         rows = num_perm // bands
     cand = candidate_pairs(sigs, bands, rows, max_bucket_pairs)
     if verify == "exact":
-        sizes = sh.sizes
+        sizes = np.concatenate([p.sizes for p in sh_parts]) if sh_parts else np.zeros(0, np.int64)
         small = np.minimum(sizes[cand[:, 0]], sizes[cand[:, 1]])
         large = np.maximum(sizes[cand[:, 0]], sizes[cand[:, 1]])
         possible = cand[small >= threshold * large - 1e-9]

@@ -202,18 +202,22 @@ def oph_signatures(values: np.ndarray, offsets: np.ndarray, num_perm: int, salt:
 
 
 @numba.njit(cache=True, nogil=True)
-def jaccard(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of the (sorted, distinct) shingle lists of each pair, by merging
-    the two lists: O(|A| + |B|) per pair, no sort. 0 when both are empty."""
+def jaccard(
+    values_a: np.ndarray, offsets_a: np.ndarray, values_b: np.ndarray, offsets_b: np.ndarray, pairs: np.ndarray
+) -> np.ndarray:
+    """Exact Jaccard of the (sorted, distinct) shingle lists of each pair, document
+    ``pairs[p, 0]`` of set A and ``pairs[p, 1]`` of set B (pass the same arrays twice
+    for pairs within one set), by merging the two lists: O(|a| + |b|) per pair, no
+    sort. 0 when both are empty."""
     m = len(pairs)
     out = np.zeros(m, np.float64)
     for p in range(m):
-        i, i_end = offsets[pairs[p, 0]], offsets[pairs[p, 0] + 1]
-        j, j_end = offsets[pairs[p, 1]], offsets[pairs[p, 1] + 1]
+        i, i_end = offsets_a[pairs[p, 0]], offsets_a[pairs[p, 0] + 1]
+        j, j_end = offsets_b[pairs[p, 1]], offsets_b[pairs[p, 1] + 1]
         union = (i_end - i) + (j_end - j)
         shared = 0
         while i < i_end and j < j_end:
-            x, y = values[i], values[j]
+            x, y = values_a[i], values_b[j]
             if x == y:
                 shared += 1
                 i += 1

@@ -73,6 +73,27 @@ def write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_arrow(table: pa.Table, path: Path) -> None:
+    """Write an uncompressed Arrow IPC file atomically, as one record batch.
+
+    Global stages' summaries use this format rather than Parquet because
+    :func:`read_arrow` maps it into memory without decoding: a decide step over many
+    shards then holds only the pages it touches, and the OS can drop them again
+    (that is what keeps ``near_dedup`` within its memory budget).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    table = table.combine_chunks()
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    os.replace(tmp, path)
+
+
+def read_arrow(path: str | Path) -> pa.Table:
+    """A table written by :func:`write_arrow`, memory-mapped (zero copy)."""
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
 def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
     """Read the inputs into canonical shards under ``work_dir/ingest``.
 
@@ -110,8 +131,8 @@ def make_stage(name: str, config: dict[str, Any], info: DatasetInfo) -> Stage:
 def summarize(name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, out_dir: str) -> str:
     """A global stage's per-shard summary, written next to the stage's outputs."""
     stage = make_stage(name, config, ingested.info)
-    path = Path(out_dir) / "summaries" / f"{shard.name}.parquet"
-    write_table(stage.summarize(pq.read_table(shard.path)), path)
+    path = Path(out_dir) / "summaries" / f"{shard.name}.arrow"
+    write_arrow(stage.summarize(pq.read_table(shard.path)), path)
     return str(path)
 
 
@@ -125,7 +146,7 @@ class Decided:
 def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
     """A global stage's decision over all shard summaries, in shard order."""
     stage = make_stage(name, config, ingested.info)
-    state = stage.decide([pq.read_table(p) for p in summaries])
+    state = stage.decide([read_arrow(p) for p in summaries])
     path = Path(out_dir) / "state.parquet"
     write_table(state, path)
     return Decided(str(path), stats_of(state))

@@ -429,3 +429,21 @@ def test_lower_lsh_threshold_raises_recall() -> None:
     assert low.candidates > high.candidates
     assert recall(0.6) >= recall(0.95)
     assert recall(0.6) >= 0.97
+
+
+def test_shard_parts_give_the_same_result_as_one_array() -> None:
+    texts, _ = near_duplicate_corpus(seed=6, n_pairs=60)
+    texts = texts + texts[:10]  # exact copies across the part boundaries too
+    sh = shingle(pa.array(texts))
+    sigs = signatures(sh)
+    cuts = [0, 17, 17, 64, 101, len(texts)]  # an empty part included
+    sh_parts = [shingle(pa.array(texts[a:b])) for a, b in zip(cuts, cuts[1:])]
+    sig_parts = [signatures(p) for p in sh_parts]
+    whole = find_duplicates(sh, sigs)
+    parted = find_duplicates(sh_parts, sig_parts)
+    assert np.array_equal(whole.cluster, parted.cluster) and np.array_equal(whole.pairs, parted.pairs)
+    assert whole.duplicates.sum() >= 10  # at least the exact copies
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, len(texts), (300, 2))
+    assert np.array_equal(exact_jaccard(sh, pairs), exact_jaccard(sh_parts, pairs))
+    assert np.array_equal(estimate_jaccard(sigs, pairs), estimate_jaccard(sig_parts, pairs))

@@ -8,9 +8,11 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from pipeline.errors import PipelineError
 from pipeline.schema import DatasetInfo
 from pipeline.stages.base import stats_of
 from pipeline.stages.near_dedup import NearDedupConfig, NearDedupStage
+from pipeline.steps import read_arrow, write_arrow
 
 TEXT = DatasetInfo("text", ("text",))
 
@@ -101,6 +103,25 @@ def test_keep_quality_prefers_the_copy_without_markup_noise() -> None:
     for keep, survivor in (("first", "r0"), ("quality", "r1")):
         _, [out] = run([table([tagged, BASE])], keep=keep)
         assert out.kept.column("row_id").to_pylist() == [survivor]
+
+
+def test_a_run_over_the_memory_budget_stops_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NearDedupStage, "BYTES_PER_ROW", 2**30)
+    with pytest.raises(PipelineError, match=r"memory_budget_mb is 16 MB, but deciding over 3 rows needs about 3,072 MB"):
+        run([table([BASE, NEAR, OTHER])], memory_budget_mb=16)
+
+
+def test_summaries_read_back_memory_mapped_give_the_same_decision(tmp_path) -> None:
+    stage = NearDedupStage(NearDedupConfig(), TEXT)
+    shards = [table([BASE, OTHER], ["a0", "a1"]), table([THIRD, NEAR], ["b0", "b1"])]
+    paths = []
+    for i, shard in enumerate(shards):
+        paths.append(tmp_path / f"{i}.arrow")
+        write_arrow(stage.summarize(shard), paths[-1])
+    in_memory = stage.decide([stage.summarize(s) for s in shards])
+    mapped = stage.decide([read_arrow(p) for p in paths])
+    assert mapped.equals(in_memory)
+    assert mapped.column("duplicate_of").to_pylist() == [None, "a0"]
 
 
 def test_instruction_key_choice() -> None:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from pipeline import minhash
+from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, field_strings, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
 from pipeline.stages.quality import overall_quality, quality_scores
@@ -56,6 +57,10 @@ class NearDedupConfig(StageConfig):
     :func:`pipeline.stages.quality.overall_quality` (ties: the first)."""
     newest_column: str | None = None
     """For ``keep: newest``: the column whose largest value survives."""
+    memory_budget_mb: int = Field(4096, ge=16)
+    """Memory the decide step may use. Shingles and signatures stay in memory-mapped
+    shard files; what must be resident grows with rows (see ``BYTES_PER_ROW``) plus
+    the candidate pairs. A run whose estimate exceeds the budget stops before work."""
 
     @model_validator(mode="after")
     def _check(self) -> NearDedupConfig:
@@ -101,14 +106,20 @@ class NearDedupStage(Stage):
         return pa.table(columns)
 
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
-        """Clusters of verified pairs; one row per member of every multi-row cluster."""
+        """Clusters of verified pairs; one row per member of every multi-row cluster.
+
+        The shards' shingles and signatures are used where they lie (memory-mapped
+        summary files, see ``steps.read_arrow``), never concatenated: resident memory
+        is what banding and clustering need per row, checked against
+        ``memory_budget_mb`` first."""
         cfg = self.config
-        summary = pa.concat_tables(summaries).combine_chunks()
-        n = summary.num_rows
-        sh, sigs = self.shingles_and_signatures(summary, cfg.num_perm)
+        n = sum(s.num_rows for s in summaries)
+        self._check_memory(n)
+        parts = [self.shingles_and_signatures(s, cfg.num_perm) for s in summaries]
+        sh, sigs = [p[0] for p in parts], [p[1] for p in parts]
         found = minhash.find_duplicates(
             sh, sigs, threshold=cfg.threshold, bands=cfg.bands, rows=cfg.rows,
-            verify=cfg.verify, lsh_threshold=cfg.lsh_threshold, order=self._priority(summary),
+            verify=cfg.verify, lsh_threshold=cfg.lsh_threshold, order=self._priority(summaries),
         )
         labels = found.cluster  # each row's centre: the row kept in its place
         sizes = np.bincount(labels, minlength=n)
@@ -118,7 +129,7 @@ class NearDedupStage(Stage):
             similarity = minhash.exact_jaccard(sh, pairs)
         else:
             similarity = minhash.estimate_jaccard(sigs, pairs)
-        ids = summary.column(ROW_ID).to_numpy(zero_copy_only=False)
+        ids = pa.chunked_array([s.column(ROW_ID) for s in summaries], pa.string())
         is_survivor = pairs[:, 0] == pairs[:, 1]
         cluster_sizes = Counter(sizes[sizes > 1].tolist())
         stats = {
@@ -131,39 +142,58 @@ class NearDedupStage(Stage):
         }
         return with_stats(pa.table(
             {
-                ROW_ID: pa.array(ids[idx], pa.string()),
+                ROW_ID: ids.take(idx).combine_chunks(),
                 "cluster_id": pa.array(labels[idx], pa.int64()),
                 "cluster_size": pa.array(sizes[labels[idx]], pa.int64()),
-                "duplicate_of": pa.array(np.where(is_survivor, None, ids[pairs[:, 1]]), pa.string()),
+                "duplicate_of": pc.if_else(pa.array(is_survivor), None, ids.take(pairs[:, 1])).combine_chunks(),
                 "similarity": pa.array(np.where(is_survivor, 1.0, similarity), pa.float64()),
             }
         ), stats)
 
+    BYTES_PER_ROW = 800
+    """Resident bytes per row in ``decide``, candidate pairs included: measured peak
+    (tracemalloc) 117 MB on the 165,000 rows of ``benchmarks/dedup.py``, whose
+    boilerplate gives 433,000 candidate pairs (743 bytes per row). Independent of
+    ``num_perm``: signatures (4 bytes per permutation per row) and shingles (8 bytes
+    per distinct shingle) stay in the memory-mapped summary files."""
+
+    def _check_memory(self, rows: int) -> None:
+        budget = self.config.memory_budget_mb
+        need = rows * self.BYTES_PER_ROW / 2**20
+        if need > budget:
+            raise PipelineError(
+                f"stages.near_dedup.memory_budget_mb is {budget} MB, but deciding over {rows:,} rows needs about "
+                f"{need:,.0f} MB ({self.BYTES_PER_ROW} bytes per row, plus the candidate pairs): raise the budget "
+                "or run near_dedup on a machine with more memory"
+            )
+
     @staticmethod
     def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.Shingles, np.ndarray]:
-        """The engine's arrays back from a (combined) summary table, without copies."""
+        """The engine's arrays of one shard's summary, as views of its buffers (no
+        copy, so memory-mapped summaries stay file-backed)."""
         if summary.num_rows == 0:
             return minhash.Shingles(np.zeros(0, np.uint64), np.zeros(1, np.int64)), np.zeros((0, num_perm), np.uint32)
-        shingles = summary.column("shingles").chunk(0)
-        sh = minhash.Shingles(
-            values=np.asarray(shingles.values.to_numpy(zero_copy_only=False), dtype=np.uint64),
-            offsets=np.asarray(shingles.offsets.to_numpy(), dtype=np.int64),
-        )
-        sigs = summary.column("signature").chunk(0).values.to_numpy(zero_copy_only=False).reshape(-1, num_perm)
+        shingles = summary.column("shingles").combine_chunks()
+        offsets = np.asarray(shingles.offsets.to_numpy(), dtype=np.int64)
+        sh = minhash.Shingles(values=shingles.flatten().to_numpy(), offsets=offsets - offsets[0])
+        sigs = summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
         return sh, sigs
 
-    def _priority(self, summary: pa.Table) -> np.ndarray:
+    def _priority(self, summaries: list[pa.Table]) -> np.ndarray:
         """Row indices in keep order: the first of a cluster in this order survives."""
-        n = summary.num_rows
+        n = sum(s.num_rows for s in summaries)
         position = np.arange(n)
         if self.config.keep == "first":
             return position
+
+        def column(name: str) -> pa.Array:
+            return pa.chunked_array([s.column(name) for s in summaries]).combine_chunks()
+
         if self.config.keep == "longest":
-            length = summary.column("length").to_numpy(zero_copy_only=False)
-            return np.lexsort((position, -length.astype(np.int64)))
+            return np.lexsort((position, -np.asarray(column("length"), np.int64)))
         if self.config.keep == "quality":
-            return np.lexsort((position, -summary.column("quality").to_numpy()))
-        newest = pc.rank(summary.column("newest").combine_chunks(), sort_keys="descending", tiebreaker="first")
+            return np.lexsort((position, -np.asarray(column("quality"))))
+        newest = pc.rank(column("newest"), sort_keys="descending", tiebreaker="first")
         return np.lexsort((position, np.asarray(newest)))
 
     def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:
