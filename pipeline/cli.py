@@ -1,5 +1,8 @@
 """``python -m pipeline run``: curate the configured datasets into versioned Parquet.
 
+``versions``, ``show`` and ``diff`` read published versions back (see
+``pipeline.inspect``): what each version kept, why rows left, what changed between two.
+
 The command runs the Prefect ``curate`` flow in-process with nothing to set up: unless
 the user points ``PREFECT_API_URL`` at a server, Prefect starts a temporary one whose
 home (database, logs) lives in ``<output>/.prefect``, out of the user's way. Input and
@@ -9,15 +12,26 @@ config problems end in one ``error:`` line and exit status 2; nothing is publish
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 
+if TYPE_CHECKING:  # the commands import these lazily, to keep ``--help`` fast
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipeline.inspect import DiffResult, VersionSummary
+
 EXIT_USAGE = 2
+VERSION_HELP = "DATASET/vNNNN, DATASET (its latest version), or the path of a version folder"
+LIST_IDS = 10
+"""Row ids a diff table lists per kind of change; --json lists all."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +50,33 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_arguments(cal)
     cal.add_argument("--sample", type=int, default=50_000, metavar="N", help="rows per dataset (default 50,000)")
     cal.add_argument("--target-recall", type=float, default=0.99, help="recall a recommendation must reach")
+    _add_inspect_commands(sub)
     return parser
+
+
+def _add_inspect_commands(sub: Any) -> None:
+    versions = sub.add_parser(
+        "versions", help="list published versions and what changed in each",
+        description="List the published versions of each dataset and what changed from the one before.",
+    )
+    versions.add_argument("dataset", nargs="?", help="only this dataset")
+    show = sub.add_parser(
+        "show", help="rows a version removed or rewrote, with stage, reason and detail",
+        description="List the rows a version removed (reports/removed.parquet) or rewrote (reason 'changed').",
+    )
+    show.add_argument("version", metavar="VERSION", help=VERSION_HELP)
+    show.add_argument("--stage", help="only rows of this stage")
+    show.add_argument("--reason", help="only this reason, or a family of them: language matches language:de")
+    show.add_argument("--limit", type=int, default=20, metavar="N", help="rows to list (default 20; 0 lists all)")
+    diff = sub.add_parser(
+        "diff", help="rows added, removed and changed between two versions; config and stage counts",
+        description="Compare two versions: rows added, removed and changed by row_id, config and per-stage counts.",
+    )
+    diff.add_argument("version_a", metavar="VERSION_A", help=VERSION_HELP)
+    diff.add_argument("version_b", metavar="VERSION_B", help=VERSION_HELP)
+    for parser in (versions, show, diff):
+        parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +214,166 @@ def dedup_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run, "dedup-calibrate": dedup_calibrate}
+def _store_root(output: str | None) -> Path | None:
+    """``--output``, else the output ``run`` would write to from ./pipeline.yaml, else None.
+
+    Without a config file there is no default: guessing ``out`` would inspect whatever
+    folder of that name the user happens to stand in.
+    """
+    if output is not None:
+        return Path(output)
+    from pipeline.config import DEFAULT_CONFIG_FILE, load_config
+
+    if not Path(DEFAULT_CONFIG_FILE).is_file():
+        return None
+    return Path(load_config().output)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _cell(value: Any, width: int = 0) -> Text:
+    """A table cell as plain text: row content may hold ``[...]`` that rich would read as markup."""
+    from rich.text import Text
+
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    text = " ".join(text.split())
+    if width and len(text) > width:
+        text = text[: width - 1] + "…"
+    return Text(text)
+
+
+def versions(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.inspect import list_versions
+
+    root = _store_root(args.output)
+    if root is None:
+        raise PipelineError("no store to inspect: pass --output DIR, or run where pipeline.yaml names its output")
+    summaries = list_versions(root, args.dataset)
+    if args.json:
+        _print_json([asdict(s) for s in summaries])
+        return 0
+    console = Console()
+    if not summaries:
+        console.print(f"no published versions under {root}")
+        return 0
+    table = Table(title=f"versions in {root}", title_justify="left", caption="* latest")
+    for column in ("dataset", "version", "created", "rows", "config", "from previous"):
+        table.add_column(column, no_wrap=column in ("dataset", "version", "config"))
+    for s in summaries:
+        rows = ", ".join(f"{split} {n:,}" for split, n in s.splits.items())
+        version = s.version + ("*" if s.latest else "")
+        created = s.created.replace("T", " ")[:16]
+        table.add_row(s.dataset, version, created, rows, s.config_hash[:8], _change_from_previous(s))
+    console.print(table)
+    return 0
+
+
+def _change_from_previous(summary: VersionSummary) -> str:
+    if summary.rows_added is None:
+        return "first version"
+    config = "config changed" if summary.config_changed else "same config"
+    return f"+{summary.rows_added:,} -{summary.rows_removed:,} rows, {config}"
+
+
+def show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.inspect import resolve_version, show_rows
+
+    from rich.text import Text
+
+    if args.limit < 0:
+        raise PipelineError(f"--limit {args.limit}: expected 0 (all) or more")
+    ref = resolve_version(args.version, _store_root(args.output))
+    result = show_rows(ref, stage=args.stage, reason=args.reason, limit=args.limit)
+    if args.json:
+        _print_json(asdict(result))
+        return 0
+    console = Console()
+    table = Table(title=f"{result.version} ({result.path})", title_justify="left")
+    for column in ("row_id", "stage", "reason", "detail", "content"):
+        table.add_column(column, no_wrap=column in ("row_id", "stage", "reason"), overflow="fold")
+    for row in result.rows:
+        detail = "\n".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["detail"].items())
+        content = " | ".join(f"{k}: {v}" for k, v in row["fields"].items())
+        table.add_row(_cell(row["row_id"]), row["stage"], row["reason"], Text(detail), _cell(content, 80))
+    console.print(table)
+    console.print(f"{len(result.rows):,} of {result.total:,} matching rows listed")
+    return 0
+
+
+def diff(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.inspect import diff_versions, resolve_version
+
+    root = _store_root(args.output)
+    result = diff_versions(resolve_version(args.version_a, root), resolve_version(args.version_b, root))
+    if args.json:
+        _print_json(asdict(result))
+        return 0
+    console = Console()
+    before, after = result.kept_rows
+    console.print(f"[bold]{result.a}[/] -> [bold]{result.b}[/]: {before:,} -> {after:,} rows kept")
+    console.print(_rows_table(result))
+    console.print(_config_table(result.config) if result.config else "config: identical")
+    console.print(_stages_table(result))
+    return 0
+
+
+def _rows_table(result: DiffResult) -> Table:
+    """Counts of added, removed and changed rows, with the first few ids of each."""
+    from rich.table import Table
+
+    table = Table(title="rows (by row_id)", title_justify="left")
+    table.add_column("")
+    table.add_column("rows", justify="right")
+    table.add_column(f"first {LIST_IDS} row ids (why the other version lacks them; columns changed)")
+    kinds = {
+        "added": [m.row_id + (f" ({m.reason})" if m.reason else "") for m in result.added],
+        "removed": [m.row_id + (f" ({m.reason})" if m.reason else "") for m in result.removed],
+        "changed": [f"{c['row_id']} ({', '.join(c['columns'])})" for c in result.changed],
+    }
+    for kind, ids in kinds.items():
+        more = ", …" if len(ids) > LIST_IDS else ""
+        table.add_row(kind, f"{len(ids):,}", _cell(", ".join(ids[:LIST_IDS]) + more))
+    return table
+
+
+def _config_table(changes: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title="config", title_justify="left")
+    for column in ("key", "old", "new"):
+        table.add_column(column)
+    for c in changes:
+        old = _cell(c["old"]) if "old" in c else _cell("(absent)")
+        new = _cell(c["new"]) if "new" in c else _cell("(absent)")
+        table.add_row(c["key"], old, new)
+    return table
+
+
+def _stages_table(result: DiffResult) -> Table:
+    from rich.table import Table
+
+    table = Table(title="rows removed per stage", title_justify="left")
+    table.add_column("stage")
+    for column in (result.a, result.b, "change"):
+        table.add_column(column, justify="right")
+    for s in result.stages:
+        a, b = s["a"], s["b"]
+        change = f"{b - a:+,}" if a is not None and b is not None else ""
+        table.add_row(s["stage"], "" if a is None else f"{a:,}", "" if b is None else f"{b:,}", change)
+    return table
+
+
+COMMANDS = {"run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff}
 
 
 def main(argv: list[str] | None = None) -> int:
