@@ -24,10 +24,15 @@ The banding is tuned to a lower similarity than the verification threshold (see
 :data:`LSH_MARGIN`): LSH then misses almost no pair above the threshold (recall), and
 the exact check throws away the extra candidates it lets through (precision).
 
-Memory stays bounded: shingling, signatures and verification work through the
-documents (or pairs) in chunks, so temporaries scale with the chunk, not the corpus.
-What has to be held for the whole corpus is the shingle CSR (8 bytes per distinct
-shingle) and the signature matrix (``4 * num_perm`` bytes per document).
+Loops that are per document or per pair (tokens, n-gram sets, signatures, exact
+Jaccard) are compiled in :mod:`pipeline.minhash_kernels`; the rest is whole-array
+numpy and pyarrow.
+
+Memory stays bounded: shingling works through the texts in chunks, and shingles and
+signatures may come in parts (one per shard, e.g. memory-mapped files) that are never
+concatenated: banding reads one band at a time and verification a pair of parts at a
+time. A corpus costs 8 bytes per distinct shingle and ``4 * num_perm`` bytes per
+document in those parts, and about 16-24 bytes per document while banding.
 
 Nothing here knows about Prefect or stages; ``pipeline.stages`` builds on it.
 """
@@ -40,7 +45,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 

@@ -3,7 +3,6 @@ sets and against datasketch, the reference implementation."""
 
 from __future__ import annotations
 
-import itertools
 import random
 import re
 
