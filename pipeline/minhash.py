@@ -1,4 +1,4 @@
-"""MinHash near-duplicate detection as whole-array numpy/pyarrow operations.
+"""MinHash near-duplicate detection over whole arrays (numpy, pyarrow, compiled loops).
 
 Why this module exists: the reference implementation (``datasketch``) builds one
 Python ``MinHash`` object per document and runs at roughly 650 docs/s; a curation run
