@@ -77,7 +77,7 @@ collisions negligible: two unrelated shingles collide with probability 2^-48, an
 _CHUNK_BYTES = 8 << 20
 """Text bytes shingled per chunk: folding and tokenising temporaries stay ~100 MB."""
 
-EMPTY = np.uint32(0xFFFFFFFF)
+EMPTY = kernels.EMPTY
 """Signature value of an empty bin, and of every position of an empty document's
 signature. Real minima are clamped to ``EMPTY - 1``, so a position holding ``EMPTY``
 never counts as a match (see :func:`estimate_jaccard`) and empty documents never
@@ -93,11 +93,8 @@ per true pair and ~15% more time. Tuned at 0.8 itself (10 x 12) recall on near-c
 falls to ~0.99 with OPH and ~0.82 with k-permutation signatures."""
 
 # 64-bit mixing constants (splitmix64 finaliser, golden ratio, polynomial base).
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_POLY = np.uint64(0xFF51AFD7ED558CCD)
-_U32 = np.uint64(0xFFFFFFFF)
+# One set of constants for the numpy code here and the compiled loops, so both hash alike.
+_M1, _M2, _GOLDEN, _POLY, _U32 = kernels.M1, kernels.M2, kernels.GOLDEN, kernels.POLY, kernels.U32
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_POLY = np.uint64(0xFF51AFD7ED558CCD)
-_U32 = np.uint64(0xFFFFFFFF)
-_EMPTY = np.uint32(0xFFFFFFFF)
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+POLY = np.uint64(0xFF51AFD7ED558CCD)
+U32 = np.uint64(0xFFFFFFFF)
+"""64-bit mixing constants (splitmix64 finaliser, golden ratio, polynomial base), shared
+with :mod:`pipeline.minhash`."""
+EMPTY = np.uint32(0xFFFFFFFF)
 _MAX_VALUE = np.uint32(0xFFFFFFFE)
 _GOLDEN32 = np.uint64(0x9E3779B9)
 
@@ -40,9 +42,9 @@ _GOLDEN32 = np.uint64(0x9E3779B9)
 @numba.njit(cache=True, inline="always")
 def _mix64(z: np.uint64) -> np.uint64:
     z = z ^ (z >> np.uint64(30))
-    z = z * _M1
+    z = z * M1
     z = z ^ (z >> np.uint64(27))
-    z = z * _M2
+    z = z * M2
     return z ^ (z >> np.uint64(31))
 
 
@@ -51,16 +53,16 @@ def _fmix32(x: np.uint64) -> np.uint32:
     """MurmurHash3's 32-bit finaliser, on a ``uint64`` holding 32 bits (numba widens
     ``uint32`` products, so the wrap-around is done by masking)."""
     x = x ^ (x >> np.uint64(16))
-    x = (x * np.uint64(0x85EBCA6B)) & _U32
+    x = (x * np.uint64(0x85EBCA6B)) & U32
     x = x ^ (x >> np.uint64(13))
-    x = (x * np.uint64(0xC2B2AE35)) & _U32
+    x = (x * np.uint64(0xC2B2AE35)) & U32
     return np.uint32(x ^ (x >> np.uint64(16)))
 
 
 @numba.njit(cache=True)
 def _position_key(p: int) -> np.uint64:
     """The random odd 64-bit key of byte position ``p`` within a word."""
-    return _mix64(np.uint64(p) * _GOLDEN + np.uint64(0x5EED)) | np.uint64(1)
+    return _mix64(np.uint64(p) * GOLDEN + np.uint64(0x5EED)) | np.uint64(1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,7 +123,7 @@ def ngram_sets(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) 
         room[d + 1] = room[d] + (length - n + 1 if length >= n else min(length, 1))
     scratch = np.empty(room[docs], np.uint64)
     sizes = np.zeros(docs + 1, np.int64)
-    salt = np.uint64(n) * _GOLDEN
+    salt = np.uint64(n) * GOLDEN
     bits = np.uint64(shift)
     for d in range(docs):
         start = tok_offsets[d]
@@ -131,13 +133,13 @@ def ngram_sets(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) 
             for i in range(length - n + 1):
                 acc = tokens[start + i]
                 for k in range(1, n):
-                    acc = acc * _POLY + tokens[start + i + k]
+                    acc = acc * POLY + tokens[start + i + k]
                 scratch[base + i] = _mix64(acc + salt) >> bits
         elif length > 0:
             acc = tokens[start]
             for k in range(1, length):
-                acc = acc * _POLY + tokens[start + k]
-            scratch[base] = _mix64(acc + np.uint64(length) * _GOLDEN) >> bits
+                acc = acc * POLY + tokens[start + k]
+            scratch[base] = _mix64(acc + np.uint64(length) * GOLDEN) >> bits
         seg = scratch[base : room[d + 1]]
         seg.sort()
         kept = 0
@@ -171,32 +173,32 @@ def oph_signatures(values: np.ndarray, offsets: np.ndarray, num_perm: int, salt:
     kk = np.uint64(k)
     for d in range(docs):
         row = out[d]
-        bins[:] = _EMPTY
+        bins[:] = EMPTY
         for i in range(offsets[d], offsets[d + 1]):
             h = _mix64(values[i] ^ salt)
             b = ((h >> np.uint64(32)) * kk) >> np.uint64(32)
-            v = np.uint32(min(h & _U32, np.uint64(_MAX_VALUE)))
+            v = np.uint32(min(h & U32, np.uint64(_MAX_VALUE)))
             if v < bins[b]:
                 bins[b] = v
         if offsets[d + 1] == offsets[d]:
-            row[:] = _EMPTY
+            row[:] = EMPTY
             continue
         for j in range(k):
-            if bins[j] != _EMPTY:
+            if bins[j] != EMPTY:
                 row[j] = bins[j]
                 continue
             dist = 1
             if go_right[j]:
                 src = j + 1 if j + 1 < k else 0
-                while bins[src] == _EMPTY:
+                while bins[src] == EMPTY:
                     src = src + 1 if src + 1 < k else 0
                     dist += 1
             else:
                 src = j - 1 if j > 0 else k - 1
-                while bins[src] == _EMPTY:
+                while bins[src] == EMPTY:
                     src = src - 1 if src > 0 else k - 1
                     dist += 1
-            mixed = np.uint64(bins[src]) ^ ((np.uint64(dist) * _GOLDEN32) & _U32)
+            mixed = np.uint64(bins[src]) ^ ((np.uint64(dist) * _GOLDEN32) & U32)
             row[j] = min(_fmix32(mixed), _MAX_VALUE)
     return out
 

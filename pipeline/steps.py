@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -65,12 +66,18 @@ class Applied:
     """Removed rows per reason."""
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet atomically: a temporary name in the same folder, then rename."""
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary name in the same folder, then rename over ``path``, so
+    a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write Parquet atomically."""
+    _write_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_arrow(table: pa.Table, path: Path) -> None:
@@ -81,12 +88,13 @@ def write_arrow(table: pa.Table, path: Path) -> None:
     shards then holds only the pages it touches, and the OS can drop them again
     (that is what keeps ``near_dedup`` within its memory budget).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     table = table.combine_chunks()
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+
+    _write_atomically(path, write)
 
 
 def read_arrow(path: str | Path) -> pa.Table:
