@@ -108,6 +108,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     reports: list[StageReport] = []
     removed: dict[str, list[str]] = {}
     scores: dict[str, list[str]] = {}
+    report_order: dict[str, str] = {}
     for index, name in enumerate(STAGE_ORDER):
         stage_config = getattr(cfg.stages, name).model_dump(mode="json")
         rows = sum(s.rows for s in shards)
@@ -133,6 +134,8 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         shards = [a.kept for a in applied]
         removed[name] = [a.removed for a in applied if a.removed]
         scores[stage.report_name or name] = [a.scores for a in applied if a.scores]
+        if stage.report_sort_by:
+            report_order[stage.report_name or name] = stage.report_sort_by
         report = StageReport.from_shards(name, applied, extra_seconds=global_seconds, decision=decision)
         reports.append(report)
         logger.info("%s: %d -> %d rows (%d changed)", name, report.rows_in, report.rows_out, report.rows_changed)
@@ -149,6 +152,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         removed=removed,
         scores=scores,
         stages=reports,
+        report_order=report_order,
     )
     version, path = publish_task(record, cfg.output)
     shutil.rmtree(work, ignore_errors=True)

@@ -54,6 +54,11 @@ def render_card(manifest: dict[str, Any]) -> str:
         f"- kept: {manifest['counts']['kept_rows']}",
         f"- removed: {manifest['counts']['removed_rows']} (each listed with its reason in `reports/removed.parquet`)",
         *(f"- split `{name}`: {rows} rows" for name, rows in splits.items()),
+        *(
+            f"- {origin} rows: {rows}"
+            for origin, rows in manifest["counts"].get("origins", {}).items()
+            if origin != "original"
+        ),
         "",
         "## Stages",
         "",

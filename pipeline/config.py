@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
 from pipeline.errors import PipelineError
+from pipeline.inputs import DatasetConfig
 from pipeline.stages.base import StrictModel
 from pipeline.stages.exact_dedup import ExactDedupConfig
 from pipeline.stages.language import LanguageConfig
@@ -25,32 +26,9 @@ from pipeline.stages.near_dedup import NearDedupConfig
 from pipeline.stages.noise import NoiseConfig
 from pipeline.stages.normalize import NormalizeConfig
 from pipeline.stages.quality import QualityConfig
+from pipeline.stages.split import SplitConfig
 
 DEFAULT_CONFIG_FILE = "pipeline.yaml"
-
-
-class ColumnsConfig(StrictModel):
-    """Which source column plays which role. Unset roles are found by common names."""
-
-    text: str | None = None
-    label: str | None = None
-    prompt: str | list[str] | None = None
-    """One column, or several joined by a blank line (Alpaca's instruction + input)."""
-    response: str | None = None
-    messages: str | None = None
-    id: str | None = None
-    """The source's id column; default ``id`` when present, else ids come from file
-    name and row position."""
-    drop: list[str] = []
-    """Source columns not to carry into the output."""
-
-
-class DatasetConfig(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    inputs: list[str] = Field(min_length=1)
-    """Files, folders of a ``datasets.save_to_disk`` or globs, read in this order."""
-    format: Literal["auto", "parquet", "jsonl", "csv", "hf"] = "auto"
-    columns: ColumnsConfig = ColumnsConfig()
 
 
 class StagesConfig(StrictModel):
@@ -61,6 +39,7 @@ class StagesConfig(StrictModel):
     quality: QualityConfig = QualityConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
+    split: SplitConfig = SplitConfig()
 
 
 class PipelineConfig(StrictModel):

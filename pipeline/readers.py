@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.config import ColumnsConfig, DatasetConfig
+from pipeline.inputs import ColumnsConfig, DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.schema import CHANGED_BY, MESSAGE_TYPE, ROLES, ROW_ID, TEXT_ROLES, DatasetInfo, kind_of
 

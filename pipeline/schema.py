@@ -121,3 +121,29 @@ def joined_text(table: pa.Table, info: DatasetInfo) -> pa.Array:
     if len(parts) == 1:
         return parts[0]
     return pc.binary_join_element_wise(*parts, "\n")
+
+
+ORIGIN = "origin"
+SOURCE_ROW_ID = "source_row_id"
+AUGMENT_OPS = "augment_ops"
+SPLIT = "split"
+ORIGINAL = "original"
+"""``origin`` of rows read from the dataset's inputs; the others are ``augmented``
+(made by the ``augment`` stage from ``source_row_id``) and ``rehearsal`` (mixed in
+from a general-purpose dataset). Only original rows enter the ledger."""
+
+
+def with_origin(table: pa.Table) -> pa.Table:
+    """``table`` with the lineage columns ``origin``, ``source_row_id`` and
+    ``augment_ops`` (original rows: ``original``, null, null), added when missing.
+
+    Stages that add rows (augment, rehearsal) call this first, so their new rows and
+    the originals share one schema."""
+    n = table.num_rows
+    if ORIGIN not in table.column_names:
+        table = table.append_column(ORIGIN, pa.array([ORIGINAL] * n, pa.string()))
+    if SOURCE_ROW_ID not in table.column_names:
+        table = table.append_column(SOURCE_ROW_ID, pa.nulls(n, pa.string()))
+    if AUGMENT_OPS not in table.column_names:
+        table = table.append_column(AUGMENT_OPS, pa.nulls(n, pa.string()))
+    return table

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import DatasetConfig
+from pipeline.inputs import DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.readers import Reader
 from pipeline.schema import ROW_ID, DatasetInfo

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 import pipeline
 from pipeline.card import render_card
-from pipeline.schema import ROW_ID, DatasetInfo
+from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
 from pipeline.steps import Applied, Shard, write_table
 from pipeline.store import Store
 
@@ -93,6 +92,10 @@ class RunRecord:
     scores: dict[str, list[str]]
     """report name -> per-row report files, written to ``reports/<name>.parquet``."""
     stages: list[StageReport]
+    report_order: dict[str, str] = field(default_factory=dict)
+    """report name -> column to sort it by, ascending (worst first)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More manifest entries (e.g. the human review decisions the run honoured)."""
 
 
 def _concat(paths: list[str]) -> pa.Table | None:
@@ -162,16 +165,52 @@ def data_file_name(split: str, fingerprint: str, index: int, count: int) -> str:
     return f"{split}-{fingerprint[:12]}-{index:05d}-of-{count:05d}.parquet"
 
 
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def _split_tables(final: list[Shard]) -> dict[str, list[pa.Table]]:
+    """The kept rows per split (all ``train`` without a ``split`` column), shard order
+    kept within each split."""
+    parts: dict[str, list[pa.Table]] = {}
+    for shard in final:
+        table = pq.read_table(shard.path)
+        if table.num_rows == 0:
+            continue
+        if SPLIT not in table.column_names:
+            parts.setdefault("train", []).append(table)
+            continue
+        for split in pc.unique(table.column(SPLIT)).to_pylist():
+            parts.setdefault(split, []).append(table.filter(pc.equal(table.column(SPLIT), split)))
+    order = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    return dict(sorted(parts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _original_ids(tables: list[pa.Table]) -> pa.ChunkedArray:
+    """Row ids of the rows read from the inputs (not augmented or rehearsal rows)."""
+    chunks = []
+    for table in tables:
+        if ORIGIN in table.column_names:
+            table = table.filter(pc.equal(table.column(ORIGIN), ORIGINAL))
+        chunks += table.column(ROW_ID).chunks
+    return pa.chunked_array(chunks, pa.string())
+
+
 def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     """Fill ``staging`` with data, reports and card; return the manifest to publish."""
     data = staging / "data"
     data.mkdir()
-    final = [s for s in record.final if s.rows] or record.final[:1]
-    for i, shard in enumerate(final):
-        shutil.copyfile(shard.path, data / data_file_name("train", record.fingerprint, i, len(final)))
-    kept_ids = pa.chunked_array(
-        [c for s in final for c in pq.read_table(s.path, columns=[ROW_ID]).column(ROW_ID).chunks], pa.string()
-    )
+    splits = _split_tables(record.final) or {"train": [pq.read_table(record.final[0].path)]}
+    for split, tables in splits.items():
+        for i, table in enumerate(tables):
+            write_table(table, data / data_file_name(split, record.fingerprint, i, len(tables)))
+    every = [t for tables in splits.values() for t in tables]
+    kept_ids = _original_ids(every)
+    origins: Counter[str] = Counter()
+    for table in every:
+        if ORIGIN in table.column_names:
+            origins.update({v["values"]: v["counts"] for v in pc.value_counts(table.column(ORIGIN)).to_pylist()})
+        else:
+            origins[ORIGINAL] += table.num_rows
     reports = staging / "reports"
     ledger = _ledger(record)
     check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
@@ -179,8 +218,11 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     write_table(_stages_table(record.stages), reports / "stages.parquet")
     for report, paths in record.scores.items():
         table = _concat(paths)
-        if table is not None:
-            write_table(table, reports / f"{report}.parquet")
+        if table is None:
+            continue
+        if report in record.report_order:
+            table = table.sort_by([(record.report_order[report], "ascending"), (ROW_ID, "ascending")])
+        write_table(table, reports / f"{report}.parquet")
     manifest = {
         "dataset": record.dataset,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -195,9 +237,11 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
             "input_rows": record.input_rows,
             "kept_rows": len(kept_ids),
             "removed_rows": ledger.num_rows,
-            "splits": {"train": len(kept_ids)},
+            "splits": {split: sum(t.num_rows for t in tables) for split, tables in splits.items()},
+            "origins": dict(sorted(origins.items())),
         },
         "stages": [{**asdict(s), "rows_removed": s.rows_removed} for s in record.stages],
+        **record.extra,
     }
     (staging / "README.md").write_text(render_card(manifest))
     return manifest

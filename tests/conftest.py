@@ -34,3 +34,19 @@ def canonical(**columns: list) -> pa.Table:
     n = len(next(iter(columns.values())))
     data = {"row_id": [f"r{i}" for i in range(n)], **columns, "changed_by": [""] * n}
     return pa.table(data)
+
+
+def clean_sample_rows() -> dict[str, list[tuple[str, str]]]:
+    """The sample's classification rows with no planted problem: real fortunes, texts
+    by label, ``(id, text)`` in file order."""
+    import json
+
+    planted = json.loads((REPO / "sample_data" / "planted.json").read_text())["files"]["classification"]["problems"]
+    dirty = {i for problem in planted.values() for i in problem["ids"]}
+    by_label: dict[str, list[tuple[str, str]]] = {}
+    with open(REPO / "sample_data" / "classification.jsonl") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row["id"] not in dirty:
+                by_label.setdefault(row["label"], []).append((row["id"], row["text"]))
+    return by_label

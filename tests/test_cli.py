@@ -37,7 +37,9 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
         assert f"published {version}" in first.stdout.replace("\n", "")
         manifest = json.loads((version / "manifest.json").read_text())
         removed = pq.read_table(version / "reports" / "removed.parquet")
-        kept = datasets.load_dataset(str(version), split="train")
+        splits = datasets.load_dataset(str(version))
+        assert set(splits) == {"train", "validation", "test"}
+        kept = datasets.concatenate_datasets(list(splits.values()))
         assert len(kept) + removed.num_rows == manifest["counts"]["input_rows"]
         assert removed.num_rows > 0 and removed.column("reason").null_count == 0
         reasons = set(removed.column("reason").to_pylist())

@@ -44,7 +44,7 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     result = curate(tmp_path)
     assert result["status"] == "published" and result["version"] == "v0001"
     path = Path(result["path"])
-    kept = datasets.load_dataset(str(path), split="train")
+    kept = datasets.concatenate_datasets(list(datasets.load_dataset(str(path)).values()))
     removed = pq.read_table(path / "reports" / "removed.parquet").to_pylist()
     assert sorted(list(kept["row_id"]) + [r["row_id"] for r in removed]) == sorted(r["id"] for r in ROWS)
     reasons = {r["row_id"]: r["reason"] for r in removed}
@@ -53,10 +53,15 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     text3 = kept.filter(lambda r: r["row_id"] == "3")[0]["text"]
     assert "<p>" not in text3 and "<EMAIL>" in text3
     stages = pq.read_table(path / "reports" / "stages.parquet").to_pylist()
-    assert [s["stage"] for s in stages] == ["normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup"]
+    assert [s["stage"] for s in stages] == [
+        "normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup", "split"
+    ]
     assert stages[0]["rows_in"] == 7 and stages[-1]["rows_out"] == 4
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["counts"] == {"input_rows": 7, "kept_rows": 4, "removed_rows": 3, "splits": {"train": 4}}
+    counts = manifest["counts"]
+    assert (counts["input_rows"], counts["kept_rows"], counts["removed_rows"]) == (7, 4, 3)
+    assert sum(counts["splits"].values()) == 4 and counts["origins"] == {"original": 4}
+    assert set(kept["split"]) == set(counts["splits"]) and "train" in counts["splits"]
     assert len(manifest["inputs"][0]["sha256"]) == 64
     assert (path / "reports" / "language.parquet").exists() and (path / "reports" / "quality.parquet").exists()
     assert not (tmp_path / "out" / "data" / ".work").exists() or not any((tmp_path / "out" / "data" / ".work").iterdir())
@@ -71,8 +76,8 @@ def test_rerun_publishes_nothing_and_a_change_publishes_a_new_version(tmp_path: 
     # Both versions load with their own rows (datasets' cache must not mix them up).
     import datasets
 
-    assert len(datasets.load_dataset(first["path"], split="train")) == first["kept_rows"]
-    assert len(datasets.load_dataset(changed["path"], split="train")) == changed["kept_rows"]
+    for result in (first, changed):
+        assert sum(map(len, datasets.load_dataset(result["path"]).values())) == result["kept_rows"]
 
 
 def test_disabled_stage_is_reported_off(tmp_path: Path) -> None:
@@ -80,7 +85,8 @@ def test_disabled_stage_is_reported_off(tmp_path: Path) -> None:
     enabled = {s["stage"]: s["enabled"] for s in result["stages"]}
     assert enabled["language"] is False and enabled["exact_dedup"] is False
     # With exact dedup off, the near-duplicate stage catches the case-only copy.
-    assert result["kept_rows"] == 5 and result["stages"][-1]["reasons"] == {"near_duplicate": 1}
+    near = next(s for s in result["stages"] if s["stage"] == "near_dedup")
+    assert result["kept_rows"] == 5 and near["reasons"] == {"near_duplicate": 1}
     result = curate(tmp_path, "stages.language.enabled=false", "stages.exact_dedup.enabled=false", "stages.near_dedup.enabled=false")
     assert result["kept_rows"] == 6
 

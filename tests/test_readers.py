@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ColumnsConfig, DatasetConfig
+from pipeline.inputs import ColumnsConfig, DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.readers import Reader
 

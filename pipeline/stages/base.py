@@ -71,6 +71,9 @@ class Stage(ABC):
     report_name: ClassVar[str | None] = None
     """File name (without ``.parquet``) of the per-row report in ``reports/``; the
     stage's name when unset."""
+    report_sort_by: ClassVar[str | None] = None
+    """Column the published report is sorted by, ascending (worst first), so the rows
+    to review are at its top; input order when unset."""
 
     def __init__(self, config: StageConfig, info: DatasetInfo) -> None:
         self.config = config

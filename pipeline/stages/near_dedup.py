@@ -73,6 +73,20 @@ class NearDedupConfig(StageConfig):
         return self
 
 
+def minhash_columns(
+    texts: pa.Array, shingles: str, ngram: int, num_perm: int, seed: int, scheme: str
+) -> dict[str, pa.Array]:
+    """Summary columns ``shingles`` (sorted unique hashes) and ``signature`` of each
+    text, in the layout :meth:`NearDedupStage.shingles_and_signatures` reads back.
+    Shared with the ``split`` stage, which groups near copies the same way."""
+    sh = minhash.shingle(texts, n=ngram, kind=shingles)
+    sigs = minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme)
+    return {
+        "shingles": pa.ListArray.from_arrays(pa.array(sh.offsets, pa.int32()), pa.array(sh.values, pa.uint64())),
+        "signature": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), num_perm),
+    }
+
+
 class NearDedupStage(Stage):
     name = "near_dedup"
     report_name = "duplicates"
@@ -89,12 +103,9 @@ class NearDedupStage(Stage):
     def summarize(self, table: pa.Table) -> pa.Table:
         cfg = self.config
         texts = self._texts(table)
-        sh = minhash.shingle(texts, n=cfg.ngram, kind=cfg.shingles)
-        sigs = minhash.signatures(sh, num_perm=cfg.num_perm, seed=cfg.seed, scheme=cfg.scheme)
         columns = {
             ROW_ID: table.column(ROW_ID),
-            "shingles": pa.ListArray.from_arrays(pa.array(sh.offsets, pa.int32()), pa.array(sh.values, pa.uint64())),
-            "signature": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm),
+            **minhash_columns(texts, cfg.shingles, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme),
             "length": pc.utf8_length(texts),
         }
         if cfg.keep == "quality":

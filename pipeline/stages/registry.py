@@ -1,8 +1,11 @@
 """The stages in the order they run, looked up by name.
 
 Order matters: text is repaired and stripped of noise before a row is judged empty,
-and judged by language and quality before the surviving rows are deduplicated; exact copies go first, so
-the near-duplicate step clusters what is left.
+and judged by language and quality before the surviving rows are deduplicated; exact
+copies go first, so the near-duplicate step clusters what is left. Labels are judged
+on the deduplicated rows (a copy would vote for its own label in cross-validation),
+the split comes after every removal so its fractions hold in the output, and rows are
+only added (augmentation, rehearsal) to the train split once it exists.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "quality",
     "exact_dedup",
     "near_dedup",
+    "split",
 )
 
 _CLASSES = {
@@ -29,6 +33,7 @@ _CLASSES = {
     "quality": "pipeline.stages.quality:QualityStage",
     "exact_dedup": "pipeline.stages.exact_dedup:ExactDedupStage",
     "near_dedup": "pipeline.stages.near_dedup:NearDedupStage",
+    "split": "pipeline.stages.split:SplitStage",
 }
 
 
