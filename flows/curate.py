@@ -14,8 +14,7 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, task, unmapped
@@ -26,7 +25,9 @@ import pipeline
 from pipeline import steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig, config_hash
-from pipeline.readers import expand_inputs, file_sha256
+from pipeline.inputs import DatasetConfig
+from pipeline.readers import InputFile, expand_inputs, file_sha256
+from pipeline.review import decisions_path
 from pipeline.stages.registry import STAGE_ORDER
 from pipeline.steps import Applied, Decided, Ingested, Shard
 from pipeline.store import Store
@@ -63,21 +64,49 @@ def publish_task(record: RunRecord, output: str) -> tuple[str, str]:
     return version, str(path)
 
 
-def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> tuple[str, list[dict[str, Any]], dict[str, Any], str]:
-    """Hash what decides the version's content: input bytes and names, config, code version."""
+@dataclass(frozen=True)
+class Fingerprint:
+    """What decides a version's content, hashed into ``value``."""
+
+    value: str
+    inputs: list[dict[str, Any]]
+    """The dataset's input files (and the rehearsal dataset's), with their hashes."""
+    payload: dict[str, Any]
+    config_hash: str
+    review: dict[str, Any] | None
+    """The imported label review decisions the run applies, if any."""
+
+
+def _hashed(files: list[InputFile], role: str) -> list[dict[str, Any]]:
+    return [{"path": str(f.path), "label": f.label, "sha256": file_sha256(f.path), "role": role} for f in files]
+
+
+def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> Fingerprint:
+    """Hash what decides the version's content: input bytes and names, the general
+    dataset mixed in, the review decisions, config and code version."""
     ds = next(d for d in cfg.datasets if d.name == dataset_name)
-    inputs = [{"path": str(f.path), "label": f.label, "sha256": file_sha256(f.path)} for f in expand_inputs(ds)]
+    inputs = _hashed(expand_inputs(ds), "dataset")
+    rehearsal = cfg.stages_for(ds).rehearsal
+    if rehearsal.enabled:
+        general = DatasetConfig(name="rehearsal", inputs=rehearsal.inputs, format=rehearsal.format)
+        inputs += _hashed(expand_inputs(general), "rehearsal")
+    review = None
+    decisions = decisions_path(Store(cfg.output, ds.name))
+    if decisions.is_file():
+        count = sum(1 for line in decisions.read_text().splitlines() if line.strip())
+        review = {"file": str(decisions), "sha256": file_sha256(decisions), "decisions": count}
     payload = cfg.fingerprint_payload(ds)
     chash = config_hash(payload)
-    fingerprint = config_hash(
+    value = config_hash(
         {
             "pipeline": pipeline.__version__,
-            "inputs": [(i["label"], i["sha256"]) for i in inputs],
+            "inputs": [(i["role"], i["label"], i["sha256"]) for i in inputs],
             "config": chash,
             "shard_rows": cfg.shard_rows,
+            "review": review["sha256"] if review else None,
         }
     )
-    return fingerprint, inputs, payload, chash
+    return Fingerprint(value, inputs, payload, chash, review)
 
 
 def _artifact_key(dataset: str, what: str) -> str:
@@ -92,7 +121,8 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     cfg = PipelineConfig.model_validate(config)
     ds = next(d for d in cfg.datasets if d.name == dataset)
     store = Store(cfg.output, ds.name)
-    fingerprint, inputs, payload, chash = run_fingerprint(cfg, ds.name)
+    fp = run_fingerprint(cfg, ds.name)
+    fingerprint = fp.value
     existing = store.find_fingerprint(fingerprint)
     if existing is not None:
         logger.info("inputs and config match %s: nothing new to publish", existing)
@@ -105,12 +135,15 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     logger.info("%s: %d rows in %d shards (%s)", ds.name, input_rows, len(ingested.shards), ingested.kind)
 
     shards = ingested.shards
+    stages = cfg.stages_for(ds)
     reports: list[StageReport] = []
     removed: dict[str, list[str]] = {}
     scores: dict[str, list[str]] = {}
     report_order: dict[str, str] = {}
     for index, name in enumerate(STAGE_ORDER):
-        stage_config = getattr(cfg.stages, name).model_dump(mode="json")
+        stage_config = getattr(stages, name).model_dump(mode="json")
+        if name == "label_issues" and fp.review:
+            stage_config["review_file"] = fp.review["file"]
         rows = sum(s.rows for s in shards)
         stage = steps.make_stage(name, stage_config, ingested.info)
         if not stage.applies():
@@ -144,15 +177,16 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         dataset=ds.name,
         info=ingested.info,
         fingerprint=fingerprint,
-        inputs=inputs,
-        config=payload,
-        config_hash=chash,
+        inputs=fp.inputs,
+        config=fp.payload,
+        config_hash=fp.config_hash,
         input_rows=input_rows,
         final=shards,
         removed=removed,
         scores=scores,
         stages=reports,
         report_order=report_order,
+        extra={"review": fp.review} if fp.review else {},
     )
     version, path = publish_task(record, cfg.output)
     shutil.rmtree(work, ignore_errors=True)

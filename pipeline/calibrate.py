@@ -87,9 +87,9 @@ def _score(
 
 def calibrate(config: PipelineConfig, sample_rows: int = 50_000, target_recall: float = 0.99) -> list[Calibration]:
     """Score the near-dedup banding on up to ``sample_rows`` rows of each dataset."""
-    cfg = config.stages.near_dedup
     results = []
     for dataset in config.datasets:
+        cfg = config.stages_for(dataset).near_dedup
         reader = Reader(dataset, config.shard_rows)
         stage = NearDedupStage(cfg, reader.info)
         parts, total = [], 0

@@ -77,6 +77,28 @@ def _add_inspect_commands(sub: Any) -> None:
     for parser in (versions, show, diff):
         parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    review = sub.add_parser(
+        "review", help="hand the worst label issues to a person and apply their decisions",
+        description="Export the worst label issues of a version for a person to decide; import the decisions "
+        "so that the next run applies them.",
+    )
+    steps = review.add_subparsers(dest="review_command", required=True)
+    export = steps.add_parser(
+        "export", help="write the top label issues to a CSV or JSONL to edit",
+        description="Write the worst label issues of VERSION to a file. Fill in the decision column with keep, "
+        "drop or relabel (relabel uses the label column), then run `review import`.",
+    )
+    export.add_argument("version", metavar="VERSION", help=VERSION_HELP)
+    export.add_argument("--top", type=int, default=100, metavar="N", help="rows to export (default 100; 0: all)")
+    export.add_argument("--all", action="store_true", help="rank every row, not only those flagged as issues")
+    export.add_argument("--out", metavar="FILE", help="a .csv or .jsonl (default: review-DATASET-VERSION.csv)")
+    imp = steps.add_parser(
+        "import", help="apply an edited review file at the next run",
+        description="Check an edited review file and merge its decisions into the store; the next run applies them.",
+    )
+    imp.add_argument("file", metavar="FILE", help="the edited .csv or .jsonl")
+    for parser in (export, imp):
+        parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -373,7 +395,32 @@ def _stages_table(result: DiffResult) -> Table:
     return table
 
 
-COMMANDS = {"run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff}
+def review(args: argparse.Namespace) -> int:
+    from pipeline.inspect import resolve_version
+    from pipeline.review import export_issues, import_decisions
+
+    root = _store_root(args.output)
+    if args.review_command == "export":
+        if args.top < 0:
+            raise PipelineError(f"--top {args.top}: expected 0 (all) or more")
+        ref = resolve_version(args.version, root)
+        out = Path(args.out or f"review-{ref.dataset}-{ref.version}.csv")
+        n = export_issues(ref, out, args.top, everything=args.all)
+        print(f"wrote {n} rows of {ref.label} to {out}: fill in 'decision' (keep, drop or relabel; relabel "
+              f"takes 'label'), then run: python -m pipeline review import {out}")
+        return 0
+    if root is None:
+        raise PipelineError("pass --output DIR (the store the export came from), or run where pipeline.yaml is")
+    done = import_decisions(Path(args.file), root)
+    made = ", ".join(f"{n} {d}" for d, n in done.counts.items() if n) or "none"
+    print(f"imported decisions: {made} ({done.blank} rows left blank); {done.total} decisions in {done.path}; "
+          "the next `python -m pipeline run` applies them")
+    return 0
+
+
+COMMANDS = {
+    "run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff, "review": review,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

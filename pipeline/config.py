@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import DatasetConfig
 from pipeline.stages.base import StrictModel
+from pipeline.stages.augment import AugmentConfig
 from pipeline.stages.exact_dedup import ExactDedupConfig
 from pipeline.stages.language import LanguageConfig
 from pipeline.stages.missing import MissingConfig
@@ -26,6 +27,7 @@ from pipeline.stages.near_dedup import NearDedupConfig
 from pipeline.stages.noise import NoiseConfig
 from pipeline.stages.normalize import NormalizeConfig
 from pipeline.stages.quality import QualityConfig
+from pipeline.stages.rehearsal import RehearsalConfig
 from pipeline.stages.split import SplitConfig
 
 DEFAULT_CONFIG_FILE = "pipeline.yaml"
@@ -40,6 +42,8 @@ class StagesConfig(StrictModel):
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    rehearsal: RehearsalConfig = RehearsalConfig()
 
 
 class PipelineConfig(StrictModel):
@@ -47,6 +51,25 @@ class PipelineConfig(StrictModel):
     output: str = "out"
     shard_rows: int = Field(default=50_000, gt=0)
     stages: StagesConfig = StagesConfig()
+
+    @model_validator(mode="after")
+    def _check_dataset_stages(self) -> PipelineConfig:
+        for i, dataset in enumerate(self.datasets):
+            try:
+                self.stages_for(dataset)
+            except ValidationError as err:
+                e = err.errors()[0]
+                path = ".".join(str(p) for p in e["loc"])
+                msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+                raise ValueError(f"datasets.{i}.stages.{path}: {msg}") from None
+        return self
+
+    def stages_for(self, dataset: DatasetConfig) -> StagesConfig:
+        """The stage settings of ``dataset``: the top-level ``stages`` with the
+        dataset's own ``stages`` entries merged over them, key by key."""
+        if not dataset.stages:
+            return self.stages
+        return StagesConfig.model_validate(_merge(self.stages.model_dump(mode="json"), dataset.stages))
 
     def fingerprint_payload(self, dataset: DatasetConfig) -> dict[str, Any]:
         """What decides a dataset's content: its columns and the stage settings.
@@ -57,8 +80,15 @@ class PipelineConfig(StrictModel):
         return {
             "columns": dataset.columns.model_dump(mode="json"),
             "format": dataset.format,
-            "stages": self.stages.model_dump(mode="json"),
+            "stages": self.stages_for(dataset).model_dump(mode="json"),
         }
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def config_hash(payload: dict[str, Any]) -> str:
@@ -116,7 +146,8 @@ def load_config(
     """Read, merge and validate the configuration.
 
     ``path`` defaults to ``pipeline.yaml`` in the working directory when it exists.
-    Input and output paths in a config file are relative to that file. ``inputs``
+    Input and output paths in a config file (the datasets', the output's and
+    ``stages.rehearsal.inputs``) are relative to that file. ``inputs``
     (from ``--input``) replace the file's datasets with one dataset named after the
     first input, keeping the file's first dataset's column mapping.
     """
@@ -141,6 +172,9 @@ def load_config(
                 ds["inputs"] = [str(base / p) if isinstance(p, str) else p for p in ds["inputs"]]
         if isinstance(data.get("output"), str):
             data["output"] = str(base / data["output"])
+        rehearsal = (data.get("stages") or {}).get("rehearsal")
+        if isinstance(rehearsal, dict) and isinstance(rehearsal.get("inputs"), list):
+            rehearsal["inputs"] = [str(base / p) if isinstance(p, str) else p for p in rehearsal["inputs"]]
     if inputs:
         first = (data.get("datasets") or [{}])[0]
         columns = first.get("columns", {}) if isinstance(first, dict) else {}

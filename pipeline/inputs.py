@@ -6,7 +6,7 @@ dataset (``rehearsal``), can use it without importing every stage's config.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -35,3 +35,6 @@ class DatasetConfig(StrictModel):
     """Files, folders of a ``datasets.save_to_disk`` or globs, read in this order."""
     format: Literal["auto", "parquet", "jsonl", "csv", "hf"] = "auto"
     columns: ColumnsConfig = ColumnsConfig()
+    stages: dict[str, Any] = {}
+    """Stage settings for this dataset only, merged over the top-level ``stages``
+    (e.g. ``augment: {enabled: true, balance: true}`` for the labelled dataset)."""

@@ -88,17 +88,18 @@ class Store:
             versions = self.versions()
             version = f"v{int(versions[-1][1:]) + 1 if versions else 1:04d}"
             manifest = {**manifest, "version": version}
-            _write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             target = self.dir / version
             os.rename(staging, target)
-            _write_atomic(self.dir / LATEST, version + "\n")
+            write_text_atomic(self.dir / LATEST, version + "\n")
         return version, target
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path`` and rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -40,6 +40,8 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
         splits = datasets.load_dataset(str(version))
         assert set(splits) == {"train", "validation", "test"}
         kept = datasets.concatenate_datasets(list(splits.values()))
+        if name == "classification":
+            kept = _check_augmented(splits, manifest)
         assert len(kept) + removed.num_rows == manifest["counts"]["input_rows"]
         assert removed.num_rows > 0 and removed.column("reason").null_count == 0
         reasons = set(removed.column("reason").to_pylist())
@@ -49,6 +51,25 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
     second = cli("run", "--output", str(out))
     assert second.returncode == 0, second.stderr
     assert "match v0001" in second.stdout and not (out / "classification" / "v0002").exists()
+
+
+def _check_augmented(splits, manifest: dict):
+    """pipeline.yaml balances the classification sample's classes with augmented train
+    rows: they point at a kept train row of the same label. Returns the original rows."""
+    train = splits["train"].to_pandas()
+    augmented = train[train["origin"] == "augmented"]
+    originals = train[train["origin"] == "original"].set_index("row_id")
+    assert len(augmented) > 0 and manifest["counts"]["origins"]["augmented"] == len(augmented)
+    assert augmented["source_row_id"].isin(originals.index).all()
+    assert (originals.loc[augmented["source_row_id"], "label"].to_numpy() == augmented["label"].to_numpy()).all()
+    for split in ("validation", "test"):
+        assert set(splits[split]["origin"]) == {"original"}
+    thin = originals["label"].value_counts().idxmin()
+    assert (augmented["label"] == thin).any(), "the thinnest class gets augmented rows"
+    import datasets
+
+    original_train = splits["train"].filter(lambda r: r["origin"] == "original")
+    return datasets.concatenate_datasets([original_train, splits["validation"], splits["test"]])
 
 
 def _assert_planted_problems_fixed(name: str, kept, removed: pa.Table) -> None:

@@ -101,3 +101,26 @@ def test_default_file_is_picked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     write(tmp_path / "pipeline.yaml", "datasets: [{name: here, inputs: [x]}]\n")
     monkeypatch.chdir(tmp_path)
     assert load_config(None).datasets[0].name == "here"
+
+
+def test_a_dataset_overrides_stage_settings_for_itself_only(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "datasets:\n"
+        "  - {name: a, inputs: [a.jsonl], stages: {augment: {enabled: true, balance: true}, quality: {min_words: 1}}}\n"
+        "  - {name: b, inputs: [b.jsonl]}\n"
+        "stages: {quality: {min_words: 2, max_words: 500}}\n"
+    )
+    cfg = load_config(path)
+    a, b = (cfg.stages_for(d) for d in cfg.datasets)
+    assert a.augment.enabled and a.augment.balance and not b.augment.enabled
+    assert (a.quality.min_words, a.quality.max_words) == (1, 500)
+    assert (b.quality.min_words, b.quality.max_words) == (2, 500)
+    assert cfg.fingerprint_payload(cfg.datasets[0]) != cfg.fingerprint_payload(cfg.datasets[1])
+
+
+def test_a_bad_dataset_stage_override_names_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("datasets:\n  - {name: a, inputs: [a.jsonl], stages: {quality: {min_wrds: 1}}}\n")
+    with pytest.raises(PipelineError, match=r"datasets\.0\.stages\.quality\.min_wrds: unknown key"):
+        load_config(path)

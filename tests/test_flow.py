@@ -54,9 +54,10 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     assert "<p>" not in text3 and "<EMAIL>" in text3
     stages = pq.read_table(path / "reports" / "stages.parquet").to_pylist()
     assert [s["stage"] for s in stages] == [
-        "normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup", "split"
+        "normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup", "split", "augment", "rehearsal"
     ]
     assert stages[0]["rows_in"] == 7 and stages[-1]["rows_out"] == 4
+    assert [s["enabled"] for s in stages[-2:]] == [False, False], "augment and rehearsal are opt-in"
     manifest = json.loads((path / "manifest.json").read_text())
     counts = manifest["counts"]
     assert (counts["input_rows"], counts["kept_rows"], counts["removed_rows"]) == (7, 4, 3)

@@ -23,6 +23,8 @@ STAGE_ORDER: tuple[str, ...] = (
     "exact_dedup",
     "near_dedup",
     "split",
+    "augment",
+    "rehearsal",
 )
 
 _CLASSES = {
@@ -34,6 +36,8 @@ _CLASSES = {
     "exact_dedup": "pipeline.stages.exact_dedup:ExactDedupStage",
     "near_dedup": "pipeline.stages.near_dedup:NearDedupStage",
     "split": "pipeline.stages.split:SplitStage",
+    "augment": "pipeline.stages.augment:AugmentStage",
+    "rehearsal": "pipeline.stages.rehearsal:RehearsalStage",
 }
 
 

@@ -1,0 +1,177 @@
+"""The label review loop: export the worst label issues, import a person's decisions.
+
+``label_issues`` ranks rows by how likely their label is wrong; a model cannot be sure,
+so the top of that ranking goes to a person. ``export`` writes it to a CSV (or JSONL)
+with two blank columns, ``decision`` (``keep``, ``drop`` or ``relabel``) and
+``label`` (pre-filled with the suggestion, used by ``relabel``). ``import`` checks
+every filled-in row against the version it came from and merges the decisions into
+the dataset's store, ``<output>/<dataset>/review/decisions.jsonl``. The next run hands
+that file to ``label_issues``, which applies the decisions over the model's, hashes
+it into the version's fingerprint (changed decisions make a new version) and records
+it in the manifest.
+
+A later import wins over an earlier one for the same row; a row whose decision is
+left blank keeps whatever was decided before.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.inspect import VersionRef, load_version
+from pipeline.schema import ROW_ID
+from pipeline.store import Store, write_text_atomic
+
+DECISIONS = ("keep", "drop", "relabel")
+REPORT = "label_issues.parquet"
+COLUMNS = (
+    "dataset", "version", ROW_ID, "given_label", "suggested_label", "label_quality", "action", "text",
+    "decision", "label",
+)
+
+
+def decisions_path(store: Store) -> Path:
+    """Where a dataset's imported review decisions live."""
+    return store.dir / "review" / "decisions.jsonl"
+
+
+def _report(ref: VersionRef) -> Any:
+    path = ref.path / "reports" / REPORT
+    if not path.is_file():
+        raise PipelineError(
+            f"{ref.label} has no reports/{REPORT}: the label_issues stage did not run on it "
+            "(it needs a dataset with a label)"
+        )
+    return pq.read_table(path)
+
+
+def export_issues(ref: VersionRef, out: Path, top: int, everything: bool = False) -> int:
+    """Write the ``top`` worst rows flagged as label issues (or, with ``everything``,
+    the ``top`` lowest label quality whatever the flag) to ``out`` (.csv or .jsonl);
+    return how many rows were written."""
+    table = _report(ref)
+    if not everything:
+        table = table.filter(table.column("is_issue"))
+    table = table.sort_by([("label_quality", "ascending"), (ROW_ID, "ascending")])
+    if top > 0:
+        table = table.slice(0, top)
+    rows = [
+        {
+            "dataset": ref.dataset,
+            "version": ref.version,
+            ROW_ID: r[ROW_ID],
+            "given_label": r["given_label"],
+            "suggested_label": r["suggested_label"],
+            "label_quality": round(float(r["label_quality"]), 4),
+            "action": r["action"],
+            "text": r["text"],
+            "decision": "",
+            "label": r["suggested_label"],
+        }
+        for r in table.select([ROW_ID, "given_label", "suggested_label", "label_quality", "action", "text"]).to_pylist()
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    elif out.suffix == ".jsonl":
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        raise PipelineError(f"{out}: write the review to a .csv or a .jsonl file")
+    return len(rows)
+
+
+def _read_edited(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of an edited review file."""
+    if not path.is_file():
+        raise PipelineError(f"review file {path} not found")
+    if path.suffix == ".csv":
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {ROW_ID, "decision", "label", "dataset", "version"} - set(reader.fieldnames or [])
+            if missing:
+                raise PipelineError(f"{path}: missing column(s) {', '.join(sorted(missing))}; export a fresh file")
+            return [(i + 2, row) for i, row in enumerate(reader)]
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except ValueError as exc:
+                    raise PipelineError(f"{path}:{i}: not valid JSON ({exc})") from exc
+        return rows
+    raise PipelineError(f"{path}: expected the .csv or .jsonl file that `review export` wrote")
+
+
+@dataclass
+class Imported:
+    path: Path
+    counts: dict[str, int]
+    blank: int
+    total: int
+    """Decisions in the store's file after the merge."""
+
+
+def import_decisions(edited: Path, root: Path) -> Imported:
+    """Check the decisions in ``edited`` and merge them into the dataset's store under
+    ``root``. Nothing is written unless every filled-in row is valid."""
+    rows = _read_edited(edited)
+    if not rows:
+        raise PipelineError(f"{edited}: no rows")
+    targets = {(str(r.get("dataset")), str(r.get("version"))) for _, r in rows}
+    if len(targets) != 1:
+        raise PipelineError(f"{edited}: rows from several versions ({sorted(targets)}); import one export at a time")
+    dataset, version = targets.pop()
+    store = Store(root, dataset)
+    if version not in store.versions():
+        raise PipelineError(f"{edited}: version {dataset}/{version} is not in {root}")
+    report = _report(load_version(store.dir / version))
+    known_rows = set(report.column(ROW_ID).to_pylist())
+    classes = pc.unique(pc.drop_null(report.column("given_label"))).to_pylist()
+    by_text = {str(c): c for c in classes}
+    decided: dict[str, dict[str, Any]] = {}
+    blank = 0
+    for line, row in rows:
+        where = f"{edited}:{line} (row_id {row.get(ROW_ID)})"
+        decision = str(row.get("decision") or "").strip().lower()
+        if not decision:
+            blank += 1
+            continue
+        if decision not in DECISIONS:
+            raise PipelineError(f"{where}: decision {decision!r} is not one of {', '.join(DECISIONS)}")
+        if row.get(ROW_ID) not in known_rows:
+            raise PipelineError(f"{where}: no such row in {dataset}/{version}")
+        entry: dict[str, Any] = {ROW_ID: row[ROW_ID], "decision": decision}
+        if decision == "relabel":
+            label = row.get("label")
+            if label is None or str(label).strip() == "" or str(label) not in by_text:
+                known = ", ".join(sorted(by_text))
+                raise PipelineError(f"{where}: relabel needs a label, one of the known classes ({known}); got {label!r}")
+            entry["label"] = by_text[str(label)]
+        decided[row[ROW_ID]] = entry
+    target = decisions_path(store)
+    merged = _read_store(target)
+    merged.update(decided)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, "".join(json.dumps(merged[k], ensure_ascii=False, sort_keys=True) + "\n" for k in sorted(merged)))
+    counts = {d: sum(1 for e in decided.values() if e["decision"] == d) for d in DECISIONS}
+    return Imported(target, counts, blank, len(merged))
+
+
+def _read_store(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {e[ROW_ID]: e for e in entries}
+
