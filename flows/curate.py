@@ -14,11 +14,12 @@ import logging
 import re
 import shutil
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 import pipeline
@@ -202,9 +203,14 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     ]
     create_table_artifact(key=_artifact_key(ds.name, "stages"), table=stage_rows, description=f"{ds.name} {version}: rows per stage")
     kept = sum(s.rows for s in shards)
+    report = (Path(path) / "report.html").resolve()
+    create_link_artifact(
+        key=_artifact_key(ds.name, "report"), link=report.as_uri(), link_text=f"{ds.name} {version} report",
+        description=f"{ds.name} {version}: report.html (plots, removal examples, label issues)",
+    )
     create_markdown_artifact(
         key=_artifact_key(ds.name, "summary"),
-        markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {input_rows - kept} removed.\n\nPublished at `{path}`.",
+        markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {input_rows - kept} removed.\n\nPublished at `{path}`; report: [{report}]({report.as_uri()}).",
         description=f"{ds.name} {version}",
     )
     return {

@@ -77,6 +77,15 @@ def _add_inspect_commands(sub: Any) -> None:
     for parser in (versions, show, diff):
         parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report = sub.add_parser(
+        "report", help="a version's report.html: print its path, or open it",
+        description="Print the path of a version's report.html (building it for versions published without one); "
+        "--open shows it in the browser.",
+    )
+    report.add_argument("version", metavar="VERSION", help=VERSION_HELP)
+    report.add_argument("--open", action="store_true", help="open the report in the default browser")
+    report.add_argument("--rebuild", action="store_true", help="build the report again from the version's files")
+    report.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
     review = sub.add_parser(
         "review", help="hand the worst label issues to a person and apply their decisions",
         description="Export the worst label issues of a version for a person to decide; import the decisions "
@@ -395,6 +404,22 @@ def _stages_table(result: DiffResult) -> Table:
     return table
 
 
+def report(args: argparse.Namespace) -> int:
+    from pipeline.inspect import resolve_version
+    from pipeline.report import REPORT, build_report
+
+    ref = resolve_version(args.version, _store_root(args.output))
+    path = ref.path / REPORT
+    if args.rebuild or not path.is_file():
+        path = build_report(ref.path)
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
+
+
 def review(args: argparse.Namespace) -> int:
     from pipeline.inspect import resolve_version
     from pipeline.review import export_issues, import_decisions
@@ -419,7 +444,8 @@ def review(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff, "review": review,
+    "run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff, "report": report,
+    "review": review,
 }
 
 

@@ -21,9 +21,10 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
@@ -78,16 +79,21 @@ class Store:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def publish(self, staging: Path, manifest: dict) -> tuple[str, Path]:
+    def publish(
+        self, staging: Path, manifest: dict, finish: Callable[[Path, dict], Any] | None = None
+    ) -> tuple[str, Path]:
         """Give ``staging`` the next version number and make it visible.
 
-        The manifest is written last inside the staging folder, then the folder is
-        renamed into place and ``LATEST`` replaced, all under the lock.
+        ``finish(staging, manifest)`` runs once the number is known (the report names
+        its version); the manifest is written last inside the staging folder, then the
+        folder is renamed into place and ``LATEST`` replaced, all under the lock.
         """
         with self.lock():
             versions = self.versions()
             version = f"v{int(versions[-1][1:]) + 1 if versions else 1:04d}"
             manifest = {**manifest, "version": version}
+            if finish is not None:
+                finish(staging, manifest)
             write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             target = self.dir / version
             os.rename(staging, target)

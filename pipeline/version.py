@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 import pipeline
 from pipeline.card import render_card
+from pipeline.report import build_report
 from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
 from pipeline.steps import Applied, Shard, write_table
 from pipeline.store import Store
@@ -252,7 +253,7 @@ def publish(record: RunRecord, store: Store) -> tuple[str, Path]:
     staging = store.new_staging()
     try:
         manifest = write_version(record, staging)
-        return store.publish(staging, manifest)
+        return store.publish(staging, manifest, finish=build_report)
     except BaseException:
         store.discard(staging)
         raise

@@ -124,18 +124,26 @@ def test_bad_input_inside_the_flow_is_a_pipeline_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "empty").exists() or not list((tmp_path / "out" / "empty").glob("v*"))
 
 
-def test_stage_table_is_published_as_a_prefect_artifact(tmp_path: Path) -> None:
+def test_stage_table_and_report_link_are_published_as_prefect_artifacts(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    curate(tmp_path)
-    with get_client(sync_client=True) as client:
+    result = curate(tmp_path)
+
+    def newest(key: str):
         # Earlier tests publish under the same key on the session's server: take the newest.
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-stages"])), sort=ArtifactSort.CREATED_DESC, limit=1
-        )
-    assert found, "no stage-table artifact"
-    rows = found[0].data if isinstance(found[0].data, list) else json.loads(found[0].data)
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+            )
+        assert found, f"no {key} artifact"
+        return found[0]
+
+    table = newest("data-stages")
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
     assert [r["stage"] for r in rows][:2] == ["normalize", "noise"]
     assert any("exact_duplicate" in r["top_reasons"] for r in rows), rows
+    report = (Path(result["path"]) / "report.html").resolve()
+    assert report.is_file() and report.as_uri() in newest("data-report").data
+    assert report.as_uri() in newest("data-summary").data

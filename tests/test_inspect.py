@@ -189,3 +189,15 @@ def test_errors_are_one_line_and_exit_2(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], captured.err
     assert captured.out == ""
+
+
+def test_report_prints_the_path_and_rebuilds_a_missing_one(store: Path, capsys: pytest.CaptureFixture) -> None:
+    page = store / "data" / "v0001" / "report.html"
+    assert page.is_file(), "every published version carries its report"
+    assert main(["report", "data/v1", "--output", str(store)]) == 0
+    assert capsys.readouterr().out.strip() == str(page)
+    page.unlink()
+    assert main(["report", str(store / "data")]) == 0  # a dataset folder means its latest
+    assert not page.exists() and (store / "data" / "v0002" / "report.html").is_file()
+    assert main(["report", "data/v1", "--output", str(store)]) == 0
+    assert page.is_file() and "v0001" in page.read_text()
