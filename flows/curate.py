@@ -21,9 +21,10 @@ from typing import Any
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.futures import PrefectFuture, as_completed
 
 import pipeline
-from pipeline import steps
+from pipeline import progress, steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig, config_hash
 from pipeline.inputs import DatasetConfig
@@ -115,6 +116,19 @@ def _artifact_key(dataset: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + f"-{what}"
 
 
+def _gather(futures: list[PrefectFuture[Any]], shards: list[Shard], stage: str, phase: str) -> list[Any]:
+    """The results of ``futures`` (one per shard) in shard order, telling
+    ``pipeline.progress`` of each shard as it finishes. Like ``PrefectFutureList.result``,
+    raises the first failure as soon as it happens."""
+    index = {future: i for i, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    for future in as_completed(list(futures)):
+        i = index[future]
+        results[i] = future.result()
+        progress.shard_finished(stage, phase, shards[i].name, shards[i].rows)
+    return results
+
+
 @flow(name="curate", log_prints=False)
 def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Curate one dataset of ``config`` (a ``PipelineConfig`` as a dict) into its store."""
@@ -154,17 +168,20 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         started = time.perf_counter()
         state, decision = None, {}
         if stage.is_global:
-            summaries = summarize_task.with_options(**cached).map(
-                unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(out_dir)
-            )
-            decided = decide_task.with_options(**cached)(name, stage_config, ingested, summaries.result(), out_dir)
+            with progress.step(name, "summarize", rows):
+                summaries = summarize_task.with_options(**cached).map(
+                    unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(out_dir)
+                )
+                paths: list[str] = _gather(summaries, shards, name, "summarize")
+            with progress.step(name, "decide", None):
+                decided = decide_task.with_options(**cached)(name, stage_config, ingested, paths, out_dir)
             state, decision = decided.state, decided.stats
         global_seconds = time.perf_counter() - started
-        applied: list[Applied] = (
-            apply_task.with_options(**cached)
-            .map(unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(state), unmapped(out_dir))
-            .result()
-        )
+        with progress.step(name, "apply", rows):
+            futures = apply_task.with_options(**cached).map(
+                unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(state), unmapped(out_dir)
+            )
+            applied: list[Applied] = _gather(futures, shards, name, "apply")
         shards = [a.kept for a in applied]
         removed[name] = [a.removed for a in applied if a.removed]
         scores[stage.report_name or name] = [a.scores for a in applied if a.scores]

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # the commands import these lazily, to keep ``--help`` fast
+    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -152,6 +155,36 @@ def _hide_input_errors_in_prefect_logs() -> None:
                 handler.addFilter(_HideInputErrors())
 
 
+@contextmanager
+def _prefect_logs_on(console: Console, enabled: bool) -> Iterator[None]:
+    """Print Prefect's console log records through ``console`` for the duration.
+
+    Prefect's handler has a console of its own on the real stderr; while progress
+    bars are shown, its lines would land in the middle of them (``rich`` keeps a live
+    display intact only for what prints through the display's console). ``console``
+    must not read markup, as Prefect's does not.
+    """
+    if not enabled:
+        yield
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]
+    own = {
+        handler: handler.console
+        for logger in [logging.getLogger(), *(logging.getLogger(n) for n in names)]
+        for handler in logger.handlers
+        if isinstance(handler, PrefectConsoleHandler)
+    }
+    for handler in own:
+        handler.console = console
+    try:
+        yield
+    finally:
+        for handler, previous in own.items():
+            handler.console = previous
+
+
 def _print_result(console: Any, result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -187,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.readers import Reader
 
     console = Console()
+    # Log records and progress bars share one console, so that records print above the
+    # bars; the result tables go to stdout once a dataset's bars are gone.
+    status = Console(stderr=True, markup=False)
     config = load_config(args.config, inputs=args.input, output=args.output, overrides=args.overrides)
     for dataset in config.datasets:
         # Fail fast on missing files, unreadable headers and unmapped columns,
@@ -198,15 +234,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         from rich.logging import RichHandler
 
-        logger.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
+        logger.addHandler(RichHandler(console=status, show_path=False, show_time=False))
         logger.propagate = False
 
     from flows.curate import curate
+    from pipeline import progress
 
     _hide_input_errors_in_prefect_logs()
     payload = config.model_dump(mode="json")
+    quiet = args.quiet or not console.is_terminal
     for dataset in config.datasets:
-        result = curate(config=payload, dataset=dataset.name)
+        with progress.display(status, quiet=quiet) as shown, _prefect_logs_on(status, shown):
+            result = curate(config=payload, dataset=dataset.name)
         _print_result(console, result)
     return 0
 

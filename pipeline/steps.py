@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import progress
 from pipeline.inputs import DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.readers import Reader
@@ -140,7 +141,9 @@ def summarize(name: str, config: dict[str, Any], ingested: Ingested, shard: Shar
     """A global stage's per-shard summary, written next to the stage's outputs."""
     stage = make_stage(name, config, ingested.info)
     path = Path(out_dir) / "summaries" / f"{shard.name}.arrow"
-    write_arrow(stage.summarize(pq.read_table(shard.path)), path)
+    with progress.in_shard(name, "summarize", shard.name):
+        summary = stage.summarize(pq.read_table(shard.path))
+    write_arrow(summary, path)
     return str(path)
 
 
@@ -167,7 +170,8 @@ def apply(
     started = time.perf_counter()
     stage = make_stage(name, config, ingested.info)
     table = pq.read_table(shard.path)
-    result = stage.apply(table, pq.read_table(state) if state else None)
+    with progress.in_shard(name, "apply", shard.name):
+        result = stage.apply(table, pq.read_table(state) if state else None)
     out = Path(out_dir)
     kept_path = out / "kept" / f"{shard.name}.parquet"
     write_table(result.kept, kept_path)

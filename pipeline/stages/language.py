@@ -37,11 +37,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from pipeline import progress
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows
 
 UNDETERMINED = "und"
+PROGRESS_ROWS = 1_000
+"""Texts given to the detector at a time; progress is reported after each batch
+(langdetect does a few hundred rows a second, so a shard would otherwise show no
+progress for minutes)."""
 
 # Placeholders left by the noise stage (<URL>, <EMAIL>, <PHONE>, ...), raw URLs and
 # e-mail addresses, and digits: none of them says anything about the language.
@@ -246,10 +251,16 @@ class LanguageStage(Stage):
         probs = np.zeros(n, dtype=np.float64)
         judged = np.flatnonzero(~short)
         if len(judged):
+            backend = self.backend()
             values = texts.take(pa.array(judged)).to_pylist()
-            found, p = self.backend().detect(values)
-            codes[judged] = found
-            probs[judged] = p
+            for start in range(0, len(judged), PROGRESS_ROWS):
+                rows = judged[start : start + PROGRESS_ROWS]
+                found, p = backend.detect(values[start : start + PROGRESS_ROWS])
+                codes[rows] = found
+                probs[rows] = p
+                progress.rows_done(len(rows))
+        # Too short to judge: no work, counted last so they do not inflate the early rate.
+        progress.rows_done(n - len(judged))
 
         allowed = set(cfg.allowed)
         reasons = np.full(n, "", dtype=object)
