@@ -78,7 +78,6 @@ def _add_inspect_commands(sub: Any) -> None:
     diff.add_argument("version_a", metavar="VERSION_A", help=VERSION_HELP)
     diff.add_argument("version_b", metavar="VERSION_B", help=VERSION_HELP)
     for parser in (versions, show, diff):
-        parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     report = sub.add_parser(
         "report", help="a version's report.html: print its path, or open it",
@@ -88,7 +87,6 @@ def _add_inspect_commands(sub: Any) -> None:
     report.add_argument("version", metavar="VERSION", help=VERSION_HELP)
     report.add_argument("--open", action="store_true", help="open the report in the default browser")
     report.add_argument("--rebuild", action="store_true", help="build the report again from the version's files")
-    report.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
     review = sub.add_parser(
         "review", help="hand the worst label issues to a person and apply their decisions",
         description="Export the worst label issues of a version for a person to decide; import the decisions "
@@ -109,7 +107,7 @@ def _add_inspect_commands(sub: Any) -> None:
         description="Check an edited review file and merge its decisions into the store; the next run applies them.",
     )
     imp.add_argument("file", metavar="FILE", help="the edited .csv or .jsonl")
-    for parser in (export, imp):
+    for parser in (versions, show, diff, report, export, imp):
         parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
 
 
