@@ -54,7 +54,7 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     assert "<p>" not in text3 and "<EMAIL>" in text3
     stages = pq.read_table(path / "reports" / "stages.parquet").to_pylist()
     assert [s["stage"] for s in stages] == [
-        "normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup", "split", "augment", "rehearsal"
+        "normalize", "noise", "missing", "language", "quality", "exact_dedup", "near_dedup", "label_issues", "split", "augment", "rehearsal"
     ]
     assert stages[0]["rows_in"] == 7 and stages[-1]["rows_out"] == 4
     assert [s["enabled"] for s in stages[-2:]] == [False, False], "augment and rehearsal are opt-in"
