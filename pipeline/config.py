@@ -21,6 +21,7 @@ from pipeline.inputs import DatasetConfig
 from pipeline.stages.base import StrictModel
 from pipeline.stages.augment import AugmentConfig
 from pipeline.stages.exact_dedup import ExactDedupConfig
+from pipeline.stages.label_issues import LabelIssuesConfig
 from pipeline.stages.language import LanguageConfig
 from pipeline.stages.missing import MissingConfig
 from pipeline.stages.near_dedup import NearDedupConfig
@@ -41,6 +42,7 @@ class StagesConfig(StrictModel):
     quality: QualityConfig = QualityConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
+    label_issues: LabelIssuesConfig = LabelIssuesConfig()
     split: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()
     rehearsal: RehearsalConfig = RehearsalConfig()
