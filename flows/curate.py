@@ -219,7 +219,9 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         for r in reports
     ]
     create_table_artifact(key=_artifact_key(ds.name, "stages"), table=stage_rows, description=f"{ds.name} {version}: rows per stage")
-    kept = sum(s.rows for s in shards)
+    counts = Store(cfg.output, ds.name).manifest(version)["counts"]
+    kept, removed_rows = counts["kept_rows"], counts["removed_rows"]
+    added = {origin: n for origin, n in counts.get("origins", {}).items() if origin != "original"}
     report = (Path(path) / "report.html").resolve()
     create_link_artifact(
         key=_artifact_key(ds.name, "report"), link=report.as_uri(), link_text=f"{ds.name} {version} report",
@@ -227,7 +229,9 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     )
     create_markdown_artifact(
         key=_artifact_key(ds.name, "summary"),
-        markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {input_rows - kept} removed.\n\nPublished at `{path}`; report: [{report}]({report.as_uri()}).",
+        markdown=f"**{ds.name} {version}**: {input_rows} rows in, {kept} kept, {removed_rows} removed"
+        + "".join(f", {n} {origin} rows added" for origin, n in added.items())
+        + f".\n\nPublished at `{path}`; report: [{report}]({report.as_uri()}).",
         description=f"{ds.name} {version}",
     )
     return {
@@ -237,5 +241,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         "path": path,
         "input_rows": input_rows,
         "kept_rows": kept,
+        "removed_rows": removed_rows,
+        "added_rows": added,
         "stages": [asdict(r) for r in reports],
     }

@@ -204,10 +204,10 @@ def _print_result(console: Any, result: dict[str, Any]) -> None:
         reasons = format_reasons(s["reasons"])
         table.add_row(s["stage"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['rows_changed']:,}", reasons)
     console.print(table)
-    removed = result["input_rows"] - result["kept_rows"]
+    added = "".join(f", {n:,} {origin} rows added" for origin, n in result.get("added_rows", {}).items())
     console.print(
-        f"published [bold]{result['path']}[/]: {result['kept_rows']:,} rows kept, {removed:,} removed "
-        f"(reasons in reports/removed.parquet)"
+        f"published [bold]{result['path']}[/]: {result['kept_rows']:,} rows kept, {result['removed_rows']:,} removed"
+        f"{added} (reasons in reports/removed.parquet)"
     )
 
 

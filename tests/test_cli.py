@@ -48,6 +48,9 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
         assert "exact_duplicate" in reasons and any(r.startswith("language:") for r in reasons)
         _assert_planted_problems_fixed(name, kept, removed)
     assert "exact_dedup" in first.stdout and "rows in" in first.stdout
+    summary = first.stdout.replace("\n", " ")
+    removed_cls = pq.read_table(out / "classification" / "v0001" / "reports" / "removed.parquet").num_rows
+    assert f"{removed_cls:,} removed, " in summary and "augmented rows added" in summary
     second = cli("run", "--output", str(out))
     assert second.returncode == 0, second.stderr
     assert "match v0001" in second.stdout and not (out / "classification" / "v0002").exists()
