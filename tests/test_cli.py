@@ -40,8 +40,7 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
         splits = datasets.load_dataset(str(version))
         assert set(splits) == {"train", "validation", "test"}
         kept = datasets.concatenate_datasets(list(splits.values()))
-        if name == "classification":
-            kept = _check_augmented(splits, manifest)
+        kept = _check_augmented(splits, manifest) if name == "classification" else _check_rehearsal(splits, manifest)
         assert len(kept) + removed.num_rows == manifest["counts"]["input_rows"]
         assert removed.num_rows > 0 and removed.column("reason").null_count == 0
         reasons = set(removed.column("reason").to_pylist())
@@ -71,6 +70,22 @@ def _check_augmented(splits, manifest: dict):
     assert (augmented["label"] == thin).any(), "the thinnest class gets augmented rows"
     import datasets
 
+    original_train = splits["train"].filter(lambda r: r["origin"] == "original")
+    return datasets.concatenate_datasets([original_train, splits["validation"], splits["test"]])
+
+
+def _check_rehearsal(splits, manifest: dict):
+    """pipeline.yaml mixes general.jsonl into the instruction sample's train split, one
+    row per ten original train rows. Returns the original rows."""
+    import datasets
+
+    train = splits["train"].to_pandas()
+    rehearsal = train[train["origin"] == "rehearsal"]
+    originals = train[train["origin"] == "original"]
+    assert manifest["counts"]["origins"]["rehearsal"] == len(rehearsal) == round(0.1 * len(originals))
+    assert rehearsal["prompt"].str.startswith("What is the ").all()
+    for split in ("validation", "test"):
+        assert set(splits[split]["origin"]) == {"original"}
     original_train = splits["train"].filter(lambda r: r["origin"] == "original")
     return datasets.concatenate_datasets([original_train, splits["validation"], splits["test"]])
 
