@@ -11,7 +11,6 @@ column that is not there, a text column of numbers, a duplicate id) raises a
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -91,19 +90,6 @@ def _format_of(path: Path, declared: str) -> str:
     if fmt is None:
         raise PipelineError(f"input {path}: unknown file type {path.suffix!r}; set format: parquet, jsonl, csv or hf")
     return fmt
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents) for ``hf`` inputs."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _column_names(f: InputFile) -> list[str]:

@@ -6,17 +6,23 @@
       LATEST                  name of the newest version, replaced atomically
       v0001/                  data/*.parquet, reports/*.parquet, manifest.json, README.md
       .staging-<id>/          a version being written; never read
-      .work/<fingerprint>/    shards and cached task results of a run in progress
+      .work/<key>/            shards and cached task results of a run in progress
+      .work/<key>.lock        held by the run using that work folder, removed with it
 
 A version is written in full to a staging folder, then published under a lock by one
 ``rename``: a crash at any point leaves either no new version or a complete one, never
 half of one. Version numbers are allocated under the same lock, so two runs on one
 output folder cannot take the same number.
+
+Two runs of the same inputs would share a work folder, and the first to publish
+removes it under the other: :meth:`Store.work_lock` makes the second wait for the
+first instead (runs of different inputs do not wait for each other).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -60,8 +66,10 @@ class Store:
                 continue
         return None
 
-    def work_dir(self, fingerprint: str) -> Path:
-        return self.dir / ".work" / fingerprint[:16]
+    def work_dir(self, key: str) -> Path:
+        """The folder of a run's shards and cached task results, named by ``key``:
+        a hash of what decides its contents."""
+        return self.dir / ".work" / key[:16]
 
     def new_staging(self) -> Path:
         path = self.dir / f".staging-{uuid.uuid4().hex[:12]}"
@@ -71,13 +79,20 @@ class Store:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive lock on the dataset folder (advisory, ``flock``)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _flock(self.dir / ".lock"):
+            yield
+
+    @contextmanager
+    def work_lock(self, key: str, on_wait: Callable[[], Any] | None = None) -> Iterator[None]:
+        """Hold the work folder :meth:`work_dir` gives ``key`` for the length of a run.
+
+        A second run of the same key blocks here until the first has published and
+        removed the folder (or died: the kernel drops a dead process's lock), then
+        finds that run's version, or resumes from its cached results. ``on_wait`` is
+        called once, before blocking, when another run holds the folder.
+        """
+        with _flock(self.dir / ".work" / f"{key[:16]}.lock", on_wait, remove=True):
+            yield
 
     def publish(
         self, staging: Path, manifest: dict, finish: Callable[[Path, dict], Any] | None = None
@@ -104,8 +119,70 @@ class Store:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def _flock(path: Path, on_wait: Callable[[], Any] | None = None, remove: bool = False) -> Iterator[None]:
+    """An exclusive advisory lock on ``path``, created with its folder if missing.
+
+    With ``remove``, the holder deletes the file before letting go, so that no lock
+    file outlives its run. A process that was blocked on the deleted file then holds
+    a lock nobody else can see: it notices (the path is gone or names another file)
+    and locks again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open(path, "a") as fh:  # closing the file releases the lock
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            if not _same_file(path, fh.fileno()):
+                continue
+            try:
+                yield
+            finally:
+                if remove:
+                    path.unlink()
+            return
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary name beside ``path`` and rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents) for ``hf`` inputs."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def staged_folder(parent: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden folder ``parent/.name.<id>`` to fill and then rename into place;
+    removed if the block fails, so a crash leaves no half-written folder behind."""
+    staging = parent / f".{name}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -25,7 +25,7 @@ from pipeline.card import render_card
 from pipeline.report import build_report
 from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
 from pipeline.steps import Applied, Shard, write_table
-from pipeline.store import Store
+from pipeline.store import Store, file_sha256
 
 LEDGER_COLUMNS = (ROW_ID, "stage", "reason", "detail")
 PACKAGES = ("pyarrow", "pandas", "numpy", "ftfy", "langdetect", "datasketch", "pydantic", "prefect", "datasets")
@@ -201,9 +201,12 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     data = staging / "data"
     data.mkdir()
     splits = _split_tables(record.final) or {"train": [pq.read_table(record.final[0].path)]}
+    data_files: dict[str, dict[str, Any]] = {}
     for split, tables in splits.items():
         for i, table in enumerate(tables):
-            write_table(table, data / data_file_name(split, record.fingerprint, i, len(tables)))
+            path = data / data_file_name(split, record.fingerprint, i, len(tables))
+            write_table(table, path)
+            data_files[f"data/{path.name}"] = {"sha256": file_sha256(path), "rows": table.num_rows}
     every = [t for tables in splits.values() for t in tables]
     kept_ids = _original_ids(every)
     origins: Counter[str] = Counter()
@@ -242,6 +245,8 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
             "origins": dict(sorted(origins.items())),
         },
         "stages": [{**asdict(s), "rows_removed": s.rows_removed} for s in record.stages],
+        # What training verifies before it reads a row (pipeline.train.manifest).
+        "data_files": data_files,
         **record.extra,
     }
     (staging / "README.md").write_text(render_card(manifest))

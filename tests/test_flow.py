@@ -11,6 +11,7 @@ import pytest
 from pipeline import steps
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
+from pipeline.store import file_sha256
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -64,6 +65,11 @@ def test_publishes_a_version_that_accounts_for_every_row(tmp_path: Path) -> None
     assert sum(counts["splits"].values()) == 4 and counts["origins"] == {"original": 4}
     assert set(kept["split"]) == set(counts["splits"]) and "train" in counts["splits"]
     assert len(manifest["inputs"][0]["sha256"]) == 64
+    data_files = {f"data/{f.name}": f for f in (path / "data").glob("*.parquet")}
+    assert set(manifest["data_files"]) == set(data_files), "the manifest lists every data file"
+    for name, listed in manifest["data_files"].items():
+        assert listed["sha256"] == file_sha256(data_files[name])
+        assert listed["rows"] == pq.ParquetFile(data_files[name]).metadata.num_rows
     assert (path / "reports" / "language.parquet").exists() and (path / "reports" / "quality.parquet").exists()
     assert not (tmp_path / "out" / "data" / ".work").exists() or not any((tmp_path / "out" / "data" / ".work").iterdir())
 

@@ -25,10 +25,10 @@ import pytest
 from pipeline import steps
 from pipeline.config import PipelineConfig, config_hash, load_config
 from pipeline.errors import PipelineError
-from pipeline.readers import expand_inputs, file_sha256
+from pipeline.readers import expand_inputs
 from pipeline.report import EXAMPLES_PER_REASON, LABEL_ISSUES_SHOWN, REPORT, build_report
 from pipeline.stages.registry import STAGE_ORDER
-from pipeline.store import Store
+from pipeline.store import Store, file_sha256
 from pipeline.version import RunRecord, StageReport, publish
 
 SCRIPT = "<script>alert(1)</script>"
