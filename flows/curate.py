@@ -1,11 +1,20 @@
 """The ``curate`` flow: inputs -> stages -> a published version, as Prefect tasks.
 
-One task per stage step and shard, passing shard paths (see ``pipeline.steps``). Task
-results are persisted under the run's work folder and cached by their inputs and
-source (never by run id), so a run that was killed resumes: the re-run finds the
-finished steps cached and does only the rest. The work folder is named by the run's
-fingerprint (input contents + config), so a changed input or config never reuses a
-stale result, and it is removed once the version is published.
+One task per stage step and shard, passing shard paths (see ``pipeline.steps``); a
+per-shard task does its step where ``pipeline.executors`` sends it (here, or on a
+Dask worker), so the same flow runs in-process or scaled out. Task results are
+persisted under the run's work folder and cached by their inputs and source (never
+by run id), so a run that was killed resumes: the re-run finds the finished steps
+cached and does only the rest.
+
+The work folder is named by what decides the ingested shards (input contents, column
+mapping, shard size), and each stage writes to a sub-folder named by its settings
+chained to those of the stages before it. So a changed input never reuses a stale
+result, and a run with other settings for one stage takes the stages before it from
+the cache and re-runs that stage and those after it. The folder is removed once the
+version is published. Runs of the same inputs share it, so they take turns under
+``Store.work_lock``: the second waits, then finds the version the first published, or
+resumes from its cache.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ import logging
 import re
 import shutil
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
@@ -24,15 +34,15 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
 
 import pipeline
-from pipeline import progress, steps
+from pipeline import executors, progress, steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig, config_hash
 from pipeline.inputs import DatasetConfig
-from pipeline.readers import InputFile, expand_inputs, file_sha256
+from pipeline.readers import InputFile, expand_inputs
 from pipeline.review import decisions_path
 from pipeline.stages.registry import STAGE_ORDER
 from pipeline.steps import Applied, Decided, Ingested, Shard
-from pipeline.store import Store
+from pipeline.store import Store, file_sha256
 from pipeline.version import RunRecord, StageReport, publish
 
 _CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
@@ -45,7 +55,7 @@ def ingest_task(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Inge
 
 @task(name="summarize", task_run_name="{name}-summarize-{shard.name}", **_CACHED)
 def summarize_task(name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, out_dir: str) -> str:
-    return steps.summarize(name, config, ingested, shard, out_dir)
+    return executors.run(steps.summarize, name, config, ingested, shard, out_dir)
 
 
 @task(name="decide", task_run_name="{name}-decide", **_CACHED)
@@ -57,7 +67,7 @@ def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries
 def apply_task(
     name: str, config: dict[str, Any], ingested: Ingested, shard: Shard, state: str | None, out_dir: str
 ) -> Applied:
-    return steps.apply(name, config, ingested, shard, state, out_dir)
+    return executors.run(steps.apply, name, config, ingested, shard, state, out_dir)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -77,6 +87,8 @@ class Fingerprint:
     config_hash: str
     review: dict[str, Any] | None
     """The imported label review decisions the run applies, if any."""
+    work_key: str
+    """What decides the ingested shards, hashed: names the run's work folder."""
 
 
 def _hashed(files: list[InputFile], role: str) -> list[dict[str, Any]]:
@@ -108,7 +120,28 @@ def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> Fingerprint:
             "review": review["sha256"] if review else None,
         }
     )
-    return Fingerprint(value, inputs, payload, chash, review)
+    work_key = config_hash(
+        {
+            "pipeline": pipeline.__version__,
+            "inputs": [(i["label"], i["sha256"]) for i in inputs if i["role"] == "dataset"],
+            "columns": payload["columns"],
+            "format": payload["format"],
+            "shard_rows": cfg.shard_rows,
+        }
+    )
+    return Fingerprint(value, inputs, payload, chash, review, work_key)
+
+
+def step_key(previous: str, name: str, stage_config: dict[str, Any], fp: Fingerprint) -> str:
+    """What decides a stage's outputs, hashed: the key of the step before it, the
+    stage's settings, and the files it reads besides its shards (the general data
+    of ``rehearsal``, the review decisions of ``label_issues``)."""
+    reads = []
+    if name == "rehearsal":
+        reads = [i["sha256"] for i in fp.inputs if i["role"] == "rehearsal"]
+    if name == "label_issues" and fp.review:
+        reads = [fp.review["sha256"]]
+    return config_hash({"after": previous, "stage": name, "config": stage_config, "reads": reads})
 
 
 def _artifact_key(dataset: str, what: str) -> str:
@@ -138,12 +171,26 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     store = Store(cfg.output, ds.name)
     fp = run_fingerprint(cfg, ds.name)
     fingerprint = fp.value
-    existing = store.find_fingerprint(fingerprint)
-    if existing is not None:
-        logger.info("inputs and config match %s: nothing new to publish", existing)
-        return {"status": "unchanged", "dataset": ds.name, "version": existing, "path": str(store.dir / existing)}
+    waiting = partial(logger.info, "%s: another run of the same inputs is in progress; waiting for it", ds.name)
+    with store.work_lock(fp.work_key, on_wait=waiting):
+        existing = store.find_fingerprint(fingerprint)
+        if existing is not None:
+            logger.info("inputs and config match %s: nothing new to publish", existing)
+            return {"status": "unchanged", "dataset": ds.name, "version": existing, "path": str(store.dir / existing)}
+        result = _curate(cfg, ds, store, fp)
+    if cfg.finetune.trains(ds.name, store.manifest(result["version"])["kind"]):
+        from flows.finetune import finetune  # torch and transformers, imported only to train
 
-    work = store.work_dir(fingerprint)
+        trained = finetune(version=result["path"], config=cfg.finetune.settings, runs_dir=cfg.finetune.runs)
+        result["finetune"] = {"path": trained["path"], "test": trained["metrics"]["test"]}
+    return result
+
+
+def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprint) -> dict[str, Any]:
+    """The stages and the publishing of one dataset, holding its work folder."""
+    logger = logging.getLogger("pipeline")
+    fingerprint = fp.value
+    work = store.work_dir(fp.work_key)
     cached = {"result_storage": work / "results"}
     ingested: Ingested = ingest_task.with_options(**cached)(ds.model_dump(mode="json"), cfg.shard_rows, str(work))
     input_rows = sum(s.rows for s in ingested.shards)
@@ -155,6 +202,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     removed: dict[str, list[str]] = {}
     scores: dict[str, list[str]] = {}
     report_order: dict[str, str] = {}
+    key = fp.work_key
     for index, name in enumerate(STAGE_ORDER):
         stage_config = getattr(stages, name).model_dump(mode="json")
         if name == "label_issues" and fp.review:
@@ -164,7 +212,8 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         if not stage.applies():
             reports.append(StageReport(stage=name, enabled=False, rows_in=rows, rows_out=rows))
             continue
-        out_dir = str(work / f"{index}-{name}")
+        key = step_key(key, name, stage_config, fp)
+        out_dir = str(work / f"{index}-{name}" / key[:12])
         started = time.perf_counter()
         state, decision = None, {}
         if stage.is_global:

@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="DIR", help="store root (default: out)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     run.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's own logs")
+    run.add_argument(
+        "--executor", choices=["local", "dask"],
+        help="where the per-shard work runs: local (this process; the default) or dask",
+    )
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, metavar="N", help="dask: start a local cluster of N worker processes")
+    cluster.add_argument("--address", metavar="tcp://HOST:PORT", help="dask: use the running scheduler at this address")
     cal = sub.add_parser(
         "dedup-calibrate",
         help="measure the near-dedup banding's recall and cost on a sample",
@@ -54,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--sample", type=int, default=50_000, metavar="N", help="rows per dataset (default 50,000)")
     cal.add_argument("--target-recall", type=float, default=0.99, help="recall a recommendation must reach")
     _add_inspect_commands(sub)
+    _add_deploy_command(sub)
+    _add_train_command(sub)
     return parser
 
 
@@ -109,6 +118,24 @@ def _add_inspect_commands(sub: Any) -> None:
     imp.add_argument("file", metavar="FILE", help="the edited .csv or .jsonl")
     for parser in (versions, show, diff, report, export, imp):
         parser.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
+
+
+def _add_deploy_command(sub: Any) -> None:
+    deploy = sub.add_parser(
+        "deploy", help="serve the curate flow on a schedule from this process (single box)",
+        description="Serve the curate-datasets flow on a schedule until Ctrl-C: the single-box alternative to "
+        "prefect.yaml and a work pool. Needs a Prefect server (PREFECT_API_URL); runs start from this folder.",
+    )
+    _add_config_arguments(deploy)
+    deploy.add_argument("--output", metavar="DIR", help="store root (default: the config's output)")
+    when = deploy.add_mutually_exclusive_group()
+    when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 3 * * *' (03:00 every day)")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="a run every SECONDS")
+    deploy.add_argument(
+        "--timezone", default="UTC", metavar="TZ",
+        help="time zone of the schedule, an IANA name such as Europe/Berlin (default: UTC)",
+    )
+    deploy.add_argument("--name", default="local", help="deployment name (default: local)")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +236,26 @@ def _print_result(console: Any, result: dict[str, Any]) -> None:
         f"published [bold]{result['path']}[/]: {result['kept_rows']:,} rows kept, {result['removed_rows']:,} removed"
         f"{added} (reasons in reports/removed.parquet)"
     )
+    if "finetune" in result:
+        trained = result["finetune"]
+        test = ", ".join(f"{k} {v:.4f}" for k, v in trained["test"].items())
+        console.print(f"trained on it ([bold]finetune[/] in the config): test {test}; run folder {trained['path']}")
+
+
+def _executor_overrides(args: argparse.Namespace) -> list[str]:
+    """``--executor``, ``--workers`` and ``--address`` as overrides of the config's
+    ``executor`` section, so that one validation covers both. ``--workers`` replaces a
+    configured address and ``--address`` a worker count; ``--executor local`` drops both."""
+    values: dict[str, Any] = {}
+    if args.executor is not None:
+        values["kind"] = args.executor
+    if args.executor == "local":
+        values.update(workers=None, address=None)
+    if args.workers is not None:
+        values.update(workers=args.workers, address=None)
+    if args.address is not None:
+        values.update(address=args.address, workers=None)
+    return [f"executor.{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,12 +268,15 @@ def run(args: argparse.Namespace) -> int:
     # Log records and progress bars share one console, so that records print above the
     # bars; the result tables go to stdout once a dataset's bars are gone.
     status = Console(stderr=True, markup=False)
-    config = load_config(args.config, inputs=args.input, output=args.output, overrides=args.overrides)
+    overrides = [*args.overrides, *_executor_overrides(args)]
+    config = load_config(args.config, inputs=args.input, output=args.output, overrides=overrides)
     for dataset in config.datasets:
         # Fail fast on missing files, unreadable headers and unmapped columns,
         # before a Prefect server is started.
         Reader(dataset, config.shard_rows)
     _prepare_prefect(config.output, args.verbose)
+    if not args.verbose:  # a local Dask cluster logs every connection at INFO; read before dask is imported
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logger = logging.getLogger("pipeline")
     logger.setLevel(logging.INFO)
     if not args.quiet:
@@ -235,16 +285,22 @@ def run(args: argparse.Namespace) -> int:
         logger.addHandler(RichHandler(console=status, show_path=False, show_time=False))
         logger.propagate = False
 
+    if config.executor.kind == "dask":
+        # A scaled-out run is a long one, to watch and look back at in a UI; Prefect's
+        # temporary server has none and goes away with this process.
+        _prefect_api("executor dask needs a Prefect server to record the run")
+
     from flows.curate import curate
-    from pipeline import progress
+    from pipeline import executors, progress
 
     _hide_input_errors_in_prefect_logs()
     payload = config.model_dump(mode="json")
     quiet = args.quiet or not console.is_terminal
-    for dataset in config.datasets:
-        with progress.display(status, quiet=quiet) as shown, _prefect_logs_on(status, shown):
-            result = curate(config=payload, dataset=dataset.name)
-        _print_result(console, result)
+    with executors.executor(config.executor):
+        for dataset in config.datasets:
+            with progress.display(status, quiet=quiet) as shown, _prefect_logs_on(status, shown):
+                result = curate(config=payload, dataset=dataset.name)
+            _print_result(console, result)
     return 0
 
 
@@ -480,9 +536,144 @@ def review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> Any:
+    """The Prefect schedule ``--cron``/``--interval``/``--timezone`` ask for, or None."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from prefect.schedules import Cron, Interval
+
+    try:
+        ZoneInfo(args.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PipelineError(
+            f"--timezone {args.timezone!r}: unknown time zone; use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+    if args.cron is not None:
+        try:
+            return Cron(args.cron, timezone=args.timezone)
+        except ValueError:
+            raise PipelineError(
+                f"--cron {args.cron!r}: not a cron expression (minute hour day month weekday)"
+            ) from None
+    if args.interval is not None:
+        if args.interval <= 0:
+            raise PipelineError(f"--interval {args.interval:g}: expected a number of seconds above 0")
+        return Interval(args.interval, timezone=args.timezone)
+    return None
+
+
+def _prefect_api(needs: str) -> str:
+    """The configured Prefect API URL, once it answers; else an error that starts with
+    ``needs`` (what needs a server, and why) and says how to start one."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise PipelineError(
+            f"{needs}: start one with `prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PipelineError(
+            f"no Prefect server answers at PREFECT_API_URL={api} ({exc}): start one with `prefect server start`"
+        ) from None
+    return api
+
+
+def deploy(args: argparse.Namespace) -> int:
+    """Serve ``curate-datasets`` from this process until Ctrl-C.
+
+    The config is checked now, so that a typo fails here rather than at the first
+    scheduled run; the inputs are not, as a scheduled job's data may arrive later.
+    Paths go to the deployment absolute, and each run reads the config file afresh.
+    """
+    from pipeline.config import DEFAULT_CONFIG_FILE, load_config
+
+    config_file = args.config
+    if config_file is None and Path(DEFAULT_CONFIG_FILE).is_file() and not args.input:
+        config_file = DEFAULT_CONFIG_FILE  # what load_config reads by default
+    load_config(config_file, inputs=args.input, output=args.output, overrides=args.overrides)
+    # Before Prefect is imported; the runs, child processes, inherit them.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    schedule = _schedule(args)
+    # A served schedule lives on a server; Prefect's temporary one would go away with this process.
+    api = _prefect_api("deploy needs a Prefect server to hold the schedule")
+    from flows.scheduled import curate_datasets
+
+    parameters = {
+        "config": os.path.abspath(config_file) if config_file else None,
+        "inputs": [os.path.abspath(p) for p in args.input] if args.input else None,
+        "output": os.path.abspath(args.output) if args.output else None,
+        "overrides": args.overrides,
+    }
+    if args.cron is not None:
+        when = f"cron {args.cron!r} ({args.timezone})"
+    elif args.interval is not None:
+        when = f"every {args.interval:g} s"
+    else:
+        when = "no schedule, runs start when triggered"
+    print(f"serving curate-datasets/{args.name} on {api}: {when}; Ctrl-C stops it", file=sys.stderr)
+    curate_datasets.serve(name=args.name, schedule=schedule, parameters=parameters)  # returns on Ctrl-C
+    print(f"stopped: curate-datasets/{args.name} is paused until deploy runs again", file=sys.stderr)
+    return 0
+
+
+def _add_train_command(sub: Any) -> None:
+    train = sub.add_parser(
+        "train", help="fine-tune a model on a published version (LoRA by default)",
+        description="Fine-tune a model on a published version, by its kind: classification (an encoder and a head) or "
+        "instruction tuning (a causal LM, loss on the replies only). Writes a run folder with the adapter, tokenizer, "
+        "metrics.json, the resolved config and the version trained on.",
+    )
+    train.add_argument(
+        "version", nargs="?", metavar="VERSION",
+        help=f"{VERSION_HELP} (default: the latest version of the store's classification dataset, else of another "
+        "trainable one)",
+    )
+    train.add_argument("--output", metavar="DIR", help="store root (default: the output of ./pipeline.yaml)")
+    train.add_argument("--runs", metavar="DIR", help="where run folders go (default: runs/ in the store root)")
+    train.add_argument("--model", help="a local model folder, a .gguf file or a hub id (default: the task's offline model)")
+    train.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    train.add_argument("--epochs", type=int, metavar="N", help="at most N epochs; early stopping may end sooner (default 3)")
+    train.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        help="override a training key, e.g. learning_rate=5e-4, batch_size=32, target_modules=query,value or "
+        "class_weights=true (all keys: README, Fine-tuning)",
+    )
+    train.add_argument(
+        "--dry-run", action="store_true",
+        help="verify the version, load the model, print parameter counts, tokens per epoch and a memory estimate; "
+        "train nothing",
+    )
+    train.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+
+
+def train(args: argparse.Namespace) -> int:
+    from pipeline.train import Progress, TrainConfig, find_version, format_plan, format_summary, plan, prepare
+    from pipeline.train import train as train_version
+    from pipeline.train.models import quiet_libraries
+
+    quiet_libraries()
+    path = find_version(args.version, _store_root(args.output))
+    flags = [f"model={args.model}"] if args.model else []
+    flags += ["method=full"] if args.full else []
+    flags += [f"epochs={args.epochs}"] if args.epochs is not None else []
+    config = TrainConfig().with_overrides([*args.overrides, *flags])
+    progress = Progress.for_terminal(quiet=args.quiet)
+    if args.dry_run:
+        print(format_plan(plan(prepare(path, config, progress))))
+        return 0
+    result = train_version(path, config, runs_dir=Path(args.runs) if args.runs else None, progress=progress)
+    print(format_summary(result))
+    return 0
+
+
 COMMANDS = {
     "run": run, "dedup-calibrate": dedup_calibrate, "versions": versions, "show": show, "diff": diff, "report": report,
-    "review": review,
+    "review": review, "deploy": deploy, "train": train,
 }
 
 

@@ -17,9 +17,10 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.executors import ExecutorConfig
 from pipeline.inputs import DatasetConfig
-from pipeline.stages.base import StrictModel
 from pipeline.stages.augment import AugmentConfig
+from pipeline.stages.base import StrictModel
 from pipeline.stages.exact_dedup import ExactDedupConfig
 from pipeline.stages.label_issues import LabelIssuesConfig
 from pipeline.stages.language import LanguageConfig
@@ -32,6 +33,43 @@ from pipeline.stages.rehearsal import RehearsalConfig
 from pipeline.stages.split import SplitConfig
 
 DEFAULT_CONFIG_FILE = "pipeline.yaml"
+
+
+class FinetuneConfig(StrictModel):
+    """The ``finetune`` section: train on each version a run publishes (off by default).
+
+    Chaining is for scheduled runs, where fresh data should end in a fresh adapter
+    without a person in between. It trains only when a version is *published*: a run
+    whose inputs and config match an existing version trains nothing. Training is not
+    part of a version, so this section is in no fingerprint.
+    """
+
+    enabled: bool = False
+    datasets: list[str] | None = None
+    """The datasets to train on; None: every one of a kind that trains
+    (classification, instruction)."""
+    runs: str | None = None
+    """Where run folders go; None: ``runs/`` in the output folder."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Training keys, as ``python -m pipeline train --set`` takes them (README, Fine-tuning)."""
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> FinetuneConfig:
+        from pipeline.train.config import TrainConfig  # stdlib only: no torch import here
+
+        try:
+            TrainConfig.from_dict(self.settings)
+        except PipelineError as err:
+            raise ValueError(f"settings: {err}") from None
+        return self
+
+    def trains(self, dataset: str, kind: str) -> bool:
+        """Whether a new version of ``dataset`` (of ``kind``) is to be trained on."""
+        from pipeline.train.manifest import TRAINABLE_KINDS
+
+        if not self.enabled:
+            return False
+        return dataset in self.datasets if self.datasets is not None else kind in TRAINABLE_KINDS
 
 
 class StagesConfig(StrictModel):
@@ -53,6 +91,9 @@ class PipelineConfig(StrictModel):
     output: str = "out"
     shard_rows: int = Field(default=50_000, gt=0)
     stages: StagesConfig = StagesConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    """Where the tasks run (``pipeline.executors``); not part of any version's fingerprint."""
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @model_validator(mode="after")
     def _check_dataset_stages(self) -> PipelineConfig:
@@ -64,6 +105,10 @@ class PipelineConfig(StrictModel):
                 path = ".".join(str(p) for p in e["loc"])
                 msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
                 raise ValueError(f"datasets.{i}.stages.{path}: {msg}") from None
+        names = {d.name for d in self.datasets}
+        unknown = sorted(set(self.finetune.datasets or []) - names)
+        if unknown:
+            raise ValueError(f"finetune.datasets: {unknown[0]!r} is not a dataset of this config")
         return self
 
     def stages_for(self, dataset: DatasetConfig) -> StagesConfig:
@@ -148,8 +193,8 @@ def load_config(
     """Read, merge and validate the configuration.
 
     ``path`` defaults to ``pipeline.yaml`` in the working directory when it exists.
-    Input and output paths in a config file (the datasets', the output's and
-    ``stages.rehearsal.inputs``) are relative to that file. ``inputs``
+    Paths in a config file (inputs, output, ``rehearsal.inputs``, ``finetune.runs``)
+    are relative to that file (:func:`_resolve_paths`). ``inputs``
     (from ``--input``) replace the file's datasets with one dataset named after the
     first input, keeping the file's first dataset's column mapping.
     """
@@ -168,15 +213,7 @@ def load_config(
             raise PipelineError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if not isinstance(data, dict):
             raise PipelineError(f"config file {path}: expected a mapping of keys at the top level")
-        base = path.parent
-        for ds in data.get("datasets") or []:
-            if isinstance(ds, dict) and isinstance(ds.get("inputs"), list):
-                ds["inputs"] = [str(base / p) if isinstance(p, str) else p for p in ds["inputs"]]
-        if isinstance(data.get("output"), str):
-            data["output"] = str(base / data["output"])
-        rehearsal = (data.get("stages") or {}).get("rehearsal")
-        if isinstance(rehearsal, dict) and isinstance(rehearsal.get("inputs"), list):
-            rehearsal["inputs"] = [str(base / p) if isinstance(p, str) else p for p in rehearsal["inputs"]]
+        _resolve_paths(data, path.parent)
     if inputs:
         first = (data.get("datasets") or [{}])[0]
         columns = first.get("columns", {}) if isinstance(first, dict) else {}
@@ -194,6 +231,32 @@ def load_config(
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
         raise PipelineError(_format_errors(err, source)) from err
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the file's relative paths relative to ``base`` (the file's folder): the
+    datasets' inputs, the output, the general data of ``rehearsal`` (top-level and
+    per dataset) and the fine-tuning runs folder."""
+
+    def resolve(value: Any) -> Any:
+        return str(base / value) if isinstance(value, str) else value
+
+    def resolve_rehearsal(stages: Any) -> None:
+        rehearsal = stages.get("rehearsal") if isinstance(stages, dict) else None
+        if isinstance(rehearsal, dict) and isinstance(rehearsal.get("inputs"), list):
+            rehearsal["inputs"] = [resolve(p) for p in rehearsal["inputs"]]
+
+    for ds in data.get("datasets") or []:
+        if isinstance(ds, dict):
+            if isinstance(ds.get("inputs"), list):
+                ds["inputs"] = [resolve(p) for p in ds["inputs"]]
+            resolve_rehearsal(ds.get("stages"))
+    resolve_rehearsal(data.get("stages"))
+    if isinstance(data.get("output"), str):
+        data["output"] = resolve(data["output"])
+    finetune = data.get("finetune")
+    if isinstance(finetune, dict) and isinstance(finetune.get("runs"), str):
+        finetune["runs"] = resolve(finetune["runs"])
 
 
 def _name_from_path(path: str) -> str:

@@ -4,8 +4,9 @@ Tasks pass shard paths, never data frames: a path pickles in microseconds, a fra
 in seconds, and a path means the same thing on a Dask worker as in the flow process.
 Every output is written to a temporary name and renamed, so a run killed mid-write
 leaves no half file behind for the resumed run to pick up. Outputs live in the run's
-work folder, named by the run's fingerprint, so a resumed run finds its own files and
-a changed input or config never reads stale ones.
+work folder, one sub-folder per stage named by the settings that decide its outputs
+(see ``flows.curate``), so a resumed run finds its own files and a changed input or
+config never reads stale ones.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -23,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import progress
-from pipeline.inputs import DatasetConfig
 from pipeline.errors import PipelineError
+from pipeline.inputs import DatasetConfig
 from pipeline.readers import Reader
 from pipeline.schema import ROW_ID, DatasetInfo
 from pipeline.stages.base import Stage, stats_of

@@ -124,3 +124,34 @@ def test_a_bad_dataset_stage_override_names_its_path(tmp_path: Path) -> None:
     path.write_text("datasets:\n  - {name: a, inputs: [a.jsonl], stages: {quality: {min_wrds: 1}}}\n")
     with pytest.raises(PipelineError, match=r"datasets\.0\.stages\.quality\.min_wrds: unknown key"):
         load_config(path)
+
+
+def test_paths_in_a_config_file_are_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    write(
+        folder / "pipeline.yaml",
+        "output: store\n"
+        "datasets: [{name: a, inputs: [a.jsonl], stages: {rehearsal: {enabled: true, inputs: [general.jsonl]}}}]\n"
+        "stages: {rehearsal: {inputs: [top.jsonl]}}\n"
+        "finetune: {runs: runs}\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(folder / "pipeline.yaml")
+    assert cfg.output == str(folder / "store") and cfg.datasets[0].inputs == [str(folder / "a.jsonl")]
+    assert cfg.stages.rehearsal.inputs == [str(folder / "top.jsonl")]
+    assert cfg.stages_for(cfg.datasets[0]).rehearsal.inputs == [str(folder / "general.jsonl")]
+    assert cfg.finetune.runs == str(folder / "runs")
+
+
+def test_finetune_settings_are_checked_with_the_config_and_stay_out_of_fingerprints(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "datasets: [{name: a, inputs: [a.jsonl]}]\n")
+    with pytest.raises(PipelineError, match="finetune.*unknown training key 'epoch'"):
+        load_config(path, overrides=["finetune.settings={epoch: 1}"])
+    with pytest.raises(PipelineError, match="finetune.datasets: 'b' is not a dataset"):
+        load_config(path, overrides=["finetune.datasets=[b]"])
+    plain = load_config(path)
+    chained = load_config(path, overrides=["finetune.enabled=true", "finetune.settings={epochs: 1}"])
+    assert chained.finetune.trains("a", "classification") and not chained.finetune.trains("a", "text")
+    assert not plain.finetune.trains("a", "classification")
+    assert chained.fingerprint_payload(chained.datasets[0]) == plain.fingerprint_payload(plain.datasets[0])

@@ -1,0 +1,258 @@
+"""Resume after SIGKILL, and two runs on one store at once, with real processes.
+
+Each run is ``python -m pipeline run`` in a process of its own, against the session's
+real Prefect server (``tests/servers.py``). A run is killed with SIGKILL as soon as
+the work folder of a late stage appears; which steps the next run took from the cache
+is read from Prefect's own log lines (``Task run 'near_dedup-shard-00003' - Finished
+in state Cached(type=COMPLETED)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.stages.registry import STAGE_ORDER
+from pipeline.store import Store
+from tests.servers import REPO, prefect_api, service_env  # noqa: F401 (fixture)
+
+ROWS = 2400
+SHARD_ROWS = 300
+"""Eight shards: a stage is eight tasks or more, long enough to be killed in."""
+SETTINGS = (f"shard_rows={SHARD_ROWS}", "stages.language.enabled=false")
+RUN_SECONDS = 240
+SPLIT = f"{STAGE_ORDER.index('split')}-split"
+"""The work folder of the last stage that runs (augment and rehearsal are off)."""
+WORDS = (
+    "the", "of", "and", "to", "in", "for", "on", "with", "as", "by", "at", "from", "that", "this", "river",
+    "market", "city", "garden", "table", "window", "morning", "evening", "winter", "summer", "music", "paper",
+    "letter", "story", "little", "great", "small", "early", "late", "green", "quiet", "bright", "heavy",
+    "light", "open", "close", "walk", "speak", "write", "read", "build", "carry", "follow", "bring", "find",
+    "keep", "teacher", "doctor", "farmer", "driver", "neighbour", "friend", "family", "village", "harbour",
+    "station", "library", "kitchen",
+)
+FINISHED = re.compile(r"Task run '([^']+)' - Finished in state (\w+)")
+
+
+def write_corpus(path: Path, rows: int, seed: int = 0) -> Path:
+    """Documents of 20-60 words, with exact copies (every 20th row) and copies with
+    one word changed (every 20th, offset by 10) for the dedup stages. No labels: the
+    label stage would add seconds to every run and nothing to what is tested."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for i in range(rows):
+        if i % 20 == 19:
+            text = texts[rng.randrange(len(texts))]
+        elif i % 20 == 10:
+            words = texts[rng.randrange(len(texts))].split()
+            words[rng.randrange(len(words))] = rng.choice(WORDS)
+            text = " ".join(words)
+        else:
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+        texts.append(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "data.jsonl", ROWS)
+
+
+class Run:
+    """``python -m pipeline run`` in its own process group, logging to a file."""
+
+    def __init__(self, api: str, data: Path, out: Path, *sets: str, name: str = "run") -> None:
+        self.out = out
+        self.log = out.parent / f"{out.name}-{name}.log"
+        env = service_env(out.parent / ".prefect-client", api)
+        env["PREFECT_LOGGING_LEVEL"] = "INFO"  # the tests' own setting is WARNING
+        args = [
+            sys.executable, "-m", "pipeline", "run", "--input", str(data), "--output", str(out), "-q", "-v",
+            *(arg for value in (*SETTINGS, *sets) for arg in ("--set", value)),
+        ]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self) -> str:
+        """Wait for the run to end well; its output."""
+        try:
+            code = self.process.wait(RUN_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+        assert code == 0, f"run failed ({code}):\n{self.text()[-3000:]}"
+        return self.text()
+
+    def kill_when(self, pattern: str) -> None:
+        """SIGKILL the run as soon as a new path matches ``pattern`` (a glob under
+        the output folder): one that did not match when the run started."""
+        before = set(self.out.glob(pattern))
+        deadline = time.monotonic() + RUN_SECONDS
+        while not set(self.out.glob(pattern)) - before:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the run ended ({self.process.returncode}) before {pattern} appeared:\n{self.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                raise AssertionError(f"{pattern} did not appear in {RUN_SECONDS} s")
+            time.sleep(0.01)
+        os.killpg(self.process.pid, signal.SIGKILL)
+        assert self.process.wait(30) == -signal.SIGKILL
+
+
+def task_states(log: str) -> dict[str, set[str]]:
+    """Final state names of the task runs in ``log``, by stage (``ingest`` and
+    ``publish`` count as stages)."""
+    states: dict[str, set[str]] = defaultdict(set)
+    for task_run, state in FINISHED.findall(log):
+        states[task_run.split("-")[0]].add(state)
+    return dict(states)
+
+
+def assert_states(states: dict[str, set[str]], cached_before: str, rerun_before: str) -> None:
+    """Ingest and the stages before ``cached_before`` came from the cache; those from
+    it up to (not including) ``rerun_before`` ran again."""
+    cut, end = STAGE_ORDER.index(cached_before), STAGE_ORDER.index(rerun_before)
+    expected = {"ingest": {"Cached"}}
+    expected |= {name: {"Cached"} for name in STAGE_ORDER[:cut] if name in states}
+    expected |= {name: {"Completed"} for name in STAGE_ORDER[cut:end] if name in states}
+    assert {name: states[name] for name in expected} == expected
+    assert {"normalize", "exact_dedup", "near_dedup"} <= expected.keys(), f"stages missing from the log: {states}"
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` without its ``seconds`` entries, in JSON strings too (the stage
+    table's ``decision`` column)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    if isinstance(value, str) and value.startswith("{"):
+        return without_timings(json.loads(value))
+    return value
+
+
+def assert_same_version(a: Path, b: Path) -> None:
+    """Same fingerprint, counts and Parquet contents (stage timings aside)."""
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    assert ma["fingerprint"] == mb["fingerprint"]
+    assert ma["counts"] == mb["counts"]
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*.parquet"))
+    assert files == sorted(str(p.relative_to(b)) for p in b.rglob("*.parquet"))
+    for name in files:
+        ta, tb = (pq.read_table(p / name) for p in (a, b))
+        if name == "reports/stages.parquet":
+            assert without_timings(ta.to_pylist()) == without_timings(tb.to_pylist())
+        else:
+            assert ta.equals(tb), f"{name} differs"
+
+
+def assert_clean(dataset_dir: Path) -> None:
+    """No half-written version, and no work folder or lock left behind."""
+    assert not [p.name for p in dataset_dir.iterdir() if p.name.startswith(".staging")]
+    work = dataset_dir / ".work"
+    assert not work.exists() or not any(work.iterdir()), sorted(p.name for p in work.iterdir())
+
+
+def curate_in_process(api: str, data: Path, out: Path) -> None:
+    """The uninterrupted run to compare with: the flow in this process (no start-up
+    cost), on the same server and settings as :class:`Run`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.curate import curate
+    from pipeline.config import load_config
+
+    config = load_config(None, inputs=[str(data)], output=str(out), overrides=list(SETTINGS))
+    with temporary_settings({PREFECT_API_URL: api}):
+        assert curate(config=config.model_dump(mode="json"), dataset="data")["status"] == "published"
+
+
+@pytest.mark.integration
+def test_killed_run_resumes_and_a_changed_stage_reruns_from_that_stage_on(
+    corpus: Path, tmp_path: Path, prefect_api: str  # noqa: F811
+) -> None:
+    out = tmp_path / "out"
+    Run(prefect_api, corpus, out).kill_when(f"data/.work/*/{SPLIT}")
+    assert Store(out, "data").versions() == []
+
+    # Other near_dedup settings: the stages before it come from the killed run's
+    # cache; near_dedup runs again, and so does split (it is killed once split's new
+    # folder appears, to leave the first run's cache for the resume below).
+    changed = Run(prefect_api, corpus, out, "stages.near_dedup.threshold=0.9", name="changed")
+    changed.kill_when(f"data/.work/*/{SPLIT}/*")
+    assert_states(task_states(changed.text()), cached_before="near_dedup", rerun_before="split")
+
+    # The same settings again: everything before split is cached, split finishes,
+    # and the version is the one an uninterrupted run publishes.
+    states = task_states(Run(prefect_api, corpus, out, name="resumed").wait())
+    assert_states(states, cached_before="split", rerun_before="split")
+    assert "Completed" in states["split"], "the first run was killed after split had finished"
+    whole = tmp_path / "whole"
+    curate_in_process(prefect_api, corpus, whole)
+    assert_same_version(whole / "data" / "v0001", out / "data" / "v0001")
+    assert_clean(out / "data")
+
+
+@pytest.mark.integration
+def test_runs_at_once_on_one_store_publish_one_version_per_input(
+    tmp_path: Path, prefect_api: str  # noqa: F811
+) -> None:
+    # Three runs start together on one store (both inputs are called data.jsonl, so
+    # they are one dataset): two of the same input, one of another.
+    a, b = (write_corpus(tmp_path / name / "data.jsonl", 1000, seed) for seed, name in enumerate("ab"))
+    out = tmp_path / "out"
+    runs = [Run(prefect_api, data, out, name=name) for data, name in ((a, "a1"), (a, "a2"), (b, "b"))]
+    logs = [run.wait() for run in runs]
+    store = Store(out, "data")
+    assert store.versions() == ["v0001", "v0002"] and store.latest() == "v0002"
+    sources = []
+    for version in store.versions():
+        manifest = store.manifest(version)
+        assert manifest["version"] == version
+        sources.append(manifest["inputs"][0]["path"])
+        data = store.dir / version / "data"
+        assert sum(pq.read_metadata(p).num_rows for p in data.glob("*.parquet")) == manifest["counts"]["kept_rows"]
+    assert sorted(sources) == [str(a), str(b)]
+    assert ["nothing new published" in log for log in logs].count(True) == 1, "one run of a publishes, the other finds it"
+    assert_clean(store.dir)
+
+
+def test_work_lock_makes_a_second_holder_wait_and_leaves_no_file(tmp_path: Path) -> None:
+    store = Store(tmp_path, "data")
+    events: list[str] = []
+    first_in, second_waiting = threading.Event(), threading.Event()
+
+    def second() -> None:
+        first_in.wait()
+        with store.work_lock("k" * 64, on_wait=second_waiting.set):
+            events.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with store.work_lock("k" * 64):
+        first_in.set()
+        assert second_waiting.wait(10), "the second holder did not find the lock taken"
+        events.append("first")
+    thread.join(10)
+    assert events == ["first", "second"]
+    assert list((store.dir / ".work").iterdir()) == []
+    with store.work_lock("k" * 64, on_wait=lambda: events.append("waited")):
+        pass
+    assert events == ["first", "second"], "a free lock must not call on_wait"
