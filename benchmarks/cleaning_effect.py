@@ -125,7 +125,8 @@ def corrupt(build: Any, clean: list[dict], seed: int) -> tuple[list[dict], dict[
         planted["flipped"].append(row["id"])
     vocab = sorted({w.lower() for r in clean for w in build.WORD.findall(r["text"]) if len(w) > 3})
     copies = []
-    for i, source in enumerate(rng.sample(rows, round(DUP_SHARE * len(rows)))):
+    editable = [r for r in rows if len(build.WORD.findall(r["text"])) >= 4]  # two word drops leave words
+    for i, source in enumerate(rng.sample(editable, round(DUP_SHARE * len(rows)))):
         text, _ = build.near_edit(source["text"], rng, vocab)
         copies.append({"id": f"dup-{i:05d}", "text": text, "label": source["label"]})
         planted["near_duplicate"][copies[-1]["id"]] = source["id"]

@@ -274,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
         # Fail fast on missing files, unreadable headers and unmapped columns,
         # before a Prefect server is started.
         Reader(dataset, config.shard_rows)
+    if config.finetune.enabled:
+        from pipeline.train import require_packages
+
+        require_packages()
     _prepare_prefect(config.output, args.verbose)
     if not args.verbose:  # a local Dask cluster logs every connection at INFO; read before dask is imported
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -652,6 +656,9 @@ def _add_train_command(sub: Any) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
+    from pipeline.train import require_packages
+
+    require_packages()
     from pipeline.train import Progress, TrainConfig, find_version, format_plan, format_summary, plan, prepare
     from pipeline.train import train as train_version
     from pipeline.train.models import quiet_libraries

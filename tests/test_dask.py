@@ -243,8 +243,12 @@ def test_a_local_cluster_serves_the_block_and_stops_with_it() -> None:
 def test_a_scaled_out_run_without_a_prefect_server_says_how_to_start_one(
     input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     args = ["--executor", "dask", "--workers", "2"]
-    code = main(["run", "--input", str(input_file), "--output", str(tmp_path / "out"), "--quiet", *args])
+    # other tests of the session may have set a server (the flow tests' harness): none here
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["run", "--input", str(input_file), "--output", str(tmp_path / "out"), "--quiet", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: executor dask needs a Prefect server to record the run: start one with")

@@ -575,3 +575,15 @@ def test_curate_chains_into_finetune_when_the_config_says_so(tiny_bert: str, tmp
     again = curate(config=cfg.model_dump(mode="json"), dataset="topics")
     assert again["status"] == "unchanged" and "finetune" not in again
     assert [p.name for p in (tmp_path / "out" / "runs").iterdir()] == [run.name], "no new version, no new training"
+
+
+def test_missing_training_packages_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from pipeline.train import require_packages
+
+    require_packages()  # this environment has them
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(PipelineError, match=r"training needs peft: .*pip install -e '\.\[train\]'"):
+        require_packages()

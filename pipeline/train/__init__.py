@@ -14,17 +14,32 @@ The modules, in the order a run uses them:
 ``runner``          prepare, fit, test, write the run folder
 """
 
+import importlib.util
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.train.config import TrainConfig
 from pipeline.train.manifest import VerifiedVersion, find_version, verify_version
 from pipeline.train.progress import Progress
 
 __all__ = [
     "Progress", "RunResult", "TrainConfig", "VerifiedVersion", "find_version", "format_plan", "format_summary",
-    "plan", "prepare", "train", "verify_version",
+    "plan", "prepare", "require_packages", "train", "verify_version",
 ]
 _RUNNER = {"RunResult", "format_plan", "format_summary", "plan", "prepare", "train"}
+
+
+TRAINING_PACKAGES = ("torch", "transformers", "peft")
+
+
+def require_packages() -> None:
+    """Fail with how to install them when the training packages are missing (the base
+    install has none: ``pip install -e .`` curates, ``.[train]`` also trains)."""
+    missing = [name for name in TRAINING_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PipelineError(
+            f"training needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[train]'"
+        )
 
 
 def __getattr__(name: str) -> Any:
