@@ -80,7 +80,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import CorpusError, load_corpus  # noqa: E402
-from benchmarks.machine import BUSY_CORES, CpuMeter, wait_for_idle  # noqa: E402
+from benchmarks.machine import BUSY_CORES, CpuMeter, add_wait_idle_argument, wait_for_idle  # noqa: E402
 from pipeline import minhash  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 
@@ -930,8 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each full-size timing, the fastest kept (default 2)"
     )
-    parser.add_argument("--wait-idle", type=float, default=20, metavar="S",
-                        help="before each timing, wait up to S seconds for a quiet machine (default 20; 0: do not)")
+    add_wait_idle_argument(parser, 20, "before each timing")
     parser.add_argument("--skip-stage", action="store_true", help="do not time the near_dedup stage")
     args = parser.parse_args(argv)
     threshold = args.threshold

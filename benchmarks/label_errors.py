@@ -54,7 +54,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import extract_fortunes, fortune_files, load_corpus  # noqa: E402
-from benchmarks.machine import CpuMeter, wait_for_idle  # noqa: E402
+from benchmarks.machine import CpuMeter, add_wait_idle_argument, wait_for_idle  # noqa: E402
 from pipeline import label_model  # noqa: E402
 from pipeline.schema import DatasetInfo  # noqa: E402
 from pipeline.stages.base import stats_of  # noqa: E402
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="0.1,0.2", help="comma-separated shares of flipped labels")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before each timing, wait up to S seconds for other processes to go quiet")
+    add_wait_idle_argument(parser, 0, "before each timing")
     args = parser.parse_args(argv)
     features = args.features.split(",")
     unknown = set(features) - set(label_model.FEATURES)

@@ -3,6 +3,8 @@ keep its CPUs, and a way to wait for them before a timing."""
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import time
 from collections.abc import Callable
@@ -60,3 +62,12 @@ class CpuMeter:
         self.cpu = time.process_time() - self._cpu0 + self.extra_cpu
         sys1 = system_cpu_seconds()
         self.others = None if sys1 is None or self._sys0 is None else max(0.0, sys1 - self._sys0 - self.cpu)
+
+
+def add_wait_idle_argument(parser: argparse.ArgumentParser, default: float, before: str) -> None:
+    """``--wait-idle S``, the same in every benchmark: ``before`` says when it waits."""
+    parser.add_argument(
+        "--wait-idle", type=float, default=default, metavar="S",
+        help=f"{before}, wait up to S seconds for other processes to leave the CPUs alone "
+        f"(default {default:g}; 0: do not wait)",
+    )

@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks.corpus import CorpusError, load_corpus
-from benchmarks.machine import CpuMeter, wait_for_idle
+from benchmarks.machine import CpuMeter, add_wait_idle_argument, wait_for_idle
 
 DATASET = "corpus"
 TARGET = 0.20
@@ -196,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=300_000, help="documents to curate (default 300,000)")
     parser.add_argument("--shard-rows", type=int, default=50_000, help="rows per shard (default 50,000)")
-    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait for a quiet machine per timing")
+    add_wait_idle_argument(parser, 60, "before each timing")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="resume-bench-") as tmp, ExitStack() as stack:

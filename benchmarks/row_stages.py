@@ -55,7 +55,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import CorpusError, load_corpus  # noqa: E402
-from benchmarks.machine import BUSY_CORES, wait_for_idle  # noqa: E402
+from benchmarks.machine import BUSY_CORES, add_wait_idle_argument, wait_for_idle  # noqa: E402
 from benchmarks.machine import CpuMeter as Meter  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 from pipeline.stages.base import Stage, StageOutput  # noqa: E402
@@ -349,14 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--langdetect-docs", type=int, default=5_000, help="docs to time langdetect on (default 5,000)")
     parser.add_argument("--skip-langdetect", action="store_true", help="do not time the langdetect backend")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each chain timing, the fastest kept (default 2)")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60,
-        metavar="S",
-        help="before each chain timing, wait up to S seconds for other processes to leave the CPUs "
-        "alone (default 60; 0: do not wait)",
-    )
+    add_wait_idle_argument(parser, 60, "before each chain timing")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()

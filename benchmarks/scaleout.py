@@ -60,7 +60,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.corpus import CorpusError, load_corpus
-from benchmarks.machine import CpuMeter, wait_for_idle
+from benchmarks.machine import CpuMeter, add_wait_idle_argument, wait_for_idle
 
 console = Console(highlight=False, width=110)
 
@@ -238,13 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shard-rows", type=int, default=50_000, help="rows per shard (default 50,000, the pipeline's default)"
     )
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=30,
-        metavar="S",
-        help="before each full run, wait up to S seconds for other processes to leave the CPUs alone (default 30)",
-    )
+    add_wait_idle_argument(parser, 30, "before each full run")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="scaleout-"))

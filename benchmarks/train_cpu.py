@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import CpuMeter, wait_for_idle
+from benchmarks.machine import CpuMeter, add_wait_idle_argument, wait_for_idle
 from pipeline.train import Progress, TrainConfig, train
 from pipeline.train.models import quiet_libraries
 
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000, help="train rows (default 2,000)")
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "train-cpu-store",
                         help="store holding the curated sample (made if missing)")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to leave the CPUs alone")
+    add_wait_idle_argument(parser, 0, "before training")
     args = parser.parse_args(argv)
 
     quiet_libraries()
