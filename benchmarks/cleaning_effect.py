@@ -2,7 +2,7 @@
 set against the same model fine-tuned on the damaged set itself.
 
     python benchmarks/cleaning_effect.py                    # CPU size, 3 seeds
-    python benchmarks/cleaning_effect.py --rows-per-class 80 --test-per-class 50   # what the README quotes
+    python benchmarks/cleaning_effect.py --rows-per-class 80 --test-per-class 50   # a reduced size
     python benchmarks/cleaning_effect.py --large            # GPU size: 4x the rows, longer rows
 
 Data. English fortunes (Debian ``fortunes``) labelled by their fortune file, the
