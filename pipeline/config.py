@@ -65,10 +65,10 @@ class FinetuneConfig(StrictModel):
 
     def trains(self, dataset: str, kind: str) -> bool:
         """Whether a new version of ``dataset`` (of ``kind``) is to be trained on."""
-        from pipeline.train.manifest import TRAINABLE_KINDS
-
         if not self.enabled:
             return False
+        from pipeline.train.manifest import TRAINABLE_KINDS
+
         return dataset in self.datasets if self.datasets is not None else kind in TRAINABLE_KINDS
 
 
