@@ -178,7 +178,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
             logger.info("inputs and config match %s: nothing new to publish", existing)
             return {"status": "unchanged", "dataset": ds.name, "version": existing, "path": str(store.dir / existing)}
         result = _curate(cfg, ds, store, fp)
-    if cfg.finetune.trains(ds.name, store.manifest(result["version"])["kind"]):
+    if cfg.finetune.trains(ds.name, result["kind"]):
         from flows.finetune import finetune  # torch and transformers, imported only to train
 
         trained = finetune(version=result["path"], config=cfg.finetune.settings, runs_dir=cfg.finetune.runs)
@@ -286,6 +286,7 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
     return {
         "status": "published",
         "dataset": ds.name,
+        "kind": ingested.kind,
         "version": version,
         "path": path,
         "input_rows": input_rows,

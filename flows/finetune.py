@@ -1,12 +1,13 @@
 """The ``finetune`` flow: a published version -> a run folder, as Prefect tasks.
 
 A thin wrapper: the work is ``pipeline.train``, which imports no Prefect and runs
-alone (``python -m pipeline train``). The flow adds what Prefect is for: the
-verification and the training as tasks in the UI, the per-epoch lines in the run's
-logs, and artifacts with the metrics and the run folder. ``curate`` can chain into it
-once a version is published (see the README, "Fine-tuning").
+alone (``python -m pipeline train``). The flow adds what Prefect is for: the training
+as a task in the UI, the per-epoch lines in the run's logs, and artifacts with the
+metrics and the run folder. ``curate`` can chain into it once a version is published
+(see the README, "Fine-tuning"). The version is verified inside the training task,
+before any model is loaded: a separate check would hash every data file twice.
 
-Neither task is cached: a training run is an experiment whose folder is named by its
+The task is not cached: a training run is an experiment whose folder is named by its
 time, and the version check must look at the files as they are now.
 """
 
@@ -19,15 +20,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.train import Progress, TrainConfig, find_version, format_summary, verify_version
+from pipeline.train import Progress, TrainConfig, find_version, format_summary
 from pipeline.train import train as train_version
 from pipeline.train.models import quiet_libraries
-
-
-@task(name="verify-version", cache_policy=NO_CACHE)
-def verify_task(version_path: str) -> dict[str, Any]:
-    """The version's record (dataset, version, manifest hash), or the refusal."""
-    return verify_version(Path(version_path)).record()
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -52,8 +47,8 @@ def finetune(
     keys ``config`` (see ``pipeline.train.config.TrainConfig``)."""
     TrainConfig.from_dict(config or {})  # a typo fails before the version is read
     path = str(find_version(version, Path(output) if output else None))
-    record = verify_task(path)
-    result = train_task(path, config or {}, runs_dir)
+    result = train_task(path, config or {}, runs_dir)  # verifies the version before loading a model
+    record = result["dataset"]
     metrics = result["metrics"]
     key = "".join(c if c.isalnum() else "-" for c in record["dataset"].lower()).strip("-")
     create_table_artifact(
