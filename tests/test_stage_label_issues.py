@@ -162,6 +162,22 @@ def test_relabel_only_above_the_threshold() -> None:
         assert kept[r]["label"] == rows[r]["given_label"] and kept[r]["changed_by"] == ""
 
 
+def test_relabel_with_unsure_drop_drops_the_issues_below_the_threshold() -> None:
+    table, _, _ = dataset()
+    state, (out,) = run([table], policy="relabel", relabel_threshold=0.6, unsure="drop")
+    rows = by_id(state)
+    relabelled = {r for r, v in rows.items() if v["action"] == "relabel"}
+    dropped = {r for r, v in rows.items() if v["action"] == "drop"}
+    assert relabelled and dropped, "the threshold should split this data's issues"
+    assert relabelled | dropped == issues(state)
+    assert all(rows[r]["suggested_probability"] < 0.6 for r in dropped)
+    assert set(out.removed.column("row_id").to_pylist()) == dropped
+    assert set(out.removed.column("reason").to_pylist()) == {"label_issue"}
+    kept = {r["row_id"]: r for r in out.kept.to_pylist()}
+    assert all(kept[r]["label"] == rows[r]["suggested_label"] for r in relabelled)
+    assert out.kept.num_rows + out.removed.num_rows == table.num_rows
+
+
 @pytest.mark.parametrize(
     ("values", "arrow_type"),
     [({"code": 10, "docstring": 20, "quote": 30}, pa.int64()), ({"code": False, "quote": True}, pa.bool_())],

@@ -6,7 +6,8 @@ so a model never votes on a row it was trained on. cleanlab's ``find_label_issue
 then picks the rows whose label disagrees with the model more than the estimated
 per-class noise explains. What happens to them is the ``policy``: ``flag`` (kept,
 listed in the report), ``drop``, or ``relabel`` to the model's class when the model
-is sure enough (``relabel_threshold``; a less sure row is only flagged).
+is sure enough (``relabel_threshold``); a less sure row is only flagged, or dropped
+with ``unsure: drop``, which keeps the rows the model can fix and removes the rest.
 
 Human review decisions (``review_file``) override the model row by row, so a second
 run after review keeps what a person kept and fixes what they fixed.
@@ -58,7 +59,11 @@ class LabelIssuesConfig(StageConfig):
     policy: Literal["flag", "drop", "relabel"] = "flag"
     relabel_threshold: float = Field(0.8, ge=0.0, le=1.0)
     """``relabel`` only changes a label when the suggested class has at least this
-    out-of-sample probability; a flagged row below it is kept unchanged (``flag``)."""
+    out-of-sample probability."""
+    unsure: Literal["flag", "drop"] = "flag"
+    """What ``relabel`` does with an issue whose suggestion is below
+    ``relabel_threshold``: keep it unchanged and flagged, or drop it. ``drop`` suits a
+    training set known to be noisy, where a label nobody can fix is better gone."""
     filter_by: FilterBy = "prune_by_noise_rate"
     """cleanlab's ``find_label_issues`` rule (its default)."""
     max_issue_share: float = Field(0.3, gt=0.0, le=1.0)
@@ -262,6 +267,8 @@ class LabelIssuesStage(Stage):
             # prune_by_noise_rate: nothing to relabel, so it is only flagged.
             sure = (v.suggested_probability >= self.config.relabel_threshold) & (v.suggested != class_of)
             action[v.is_issue & sure] = "relabel"
+            if self.config.unsure == "drop":
+                action[v.is_issue & ~sure] = "drop"
         return action, np.where(action == "relabel", v.suggested, -1)
 
     def _read_review(self, row_ids: pa.Array, classes: pa.Array) -> tuple[dict[int, tuple[str, int]], int]:
