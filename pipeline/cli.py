@@ -283,11 +283,15 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logger = logging.getLogger("pipeline")
     logger.setLevel(logging.INFO)
-    if not args.quiet:
-        from rich.logging import RichHandler
+    # Not up to the root logger, whose Prefect console handler would print the lines
+    # even with --quiet; Prefect adds its API handler to this logger itself (an extra
+    # logger), so the lines still reach the run's logs in a UI.
+    logger.propagate = False
+    from rich.logging import RichHandler
 
-        logger.addHandler(RichHandler(console=status, show_path=False, show_time=False))
-        logger.propagate = False
+    shown = RichHandler(console=status, show_path=False, show_time=False)
+    shown.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.addHandler(shown)
 
     if config.executor.kind == "dask":
         # A scaled-out run is a long one, to watch and look back at in a UI; Prefect's

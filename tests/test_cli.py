@@ -50,9 +50,11 @@ def test_run_curates_sample_data_and_a_rerun_matches(tmp_path: Path) -> None:
     summary = first.stdout.replace("\n", " ")
     removed_cls = pq.read_table(out / "classification" / "v0001" / "reports" / "removed.parquet").num_rows
     assert f"{removed_cls:,} removed, " in summary and "augmented rows added" in summary
-    second = cli("run", "--output", str(out))
+    assert "near_dedup: " in first.stderr, "the stages' log lines are shown without --quiet"
+    second = cli("run", "--output", str(out), "--quiet")
     assert second.returncode == 0, second.stderr
     assert "match v0001" in second.stdout and not (out / "classification" / "v0002").exists()
+    assert "INFO" not in second.stderr and "nothing new to publish" not in second.stderr, "--quiet prints only the result"
 
 
 def _check_augmented(splits, manifest: dict):
