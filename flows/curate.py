@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -71,8 +72,17 @@ def apply_task(
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish_task(record: RunRecord, output: str) -> tuple[str, str]:
-    version, path = publish(record, Store(output, record.dataset))
+def publish_task(record: RunRecord, output: str, work: str) -> tuple[str, str]:
+    """Publish the version and delete the run's work folder. The deletion (a second
+    or two for a gigabyte of shards) starts once the data are written and runs while
+    the report page is drawn; a run that fails before that keeps its work folder, and
+    the next run resumes from it."""
+    cleanup = threading.Thread(target=shutil.rmtree, args=(work,), kwargs={"ignore_errors": True}, name="work-cleanup")
+    try:
+        version, path = publish(record, Store(output, record.dataset), written=cleanup.start)
+    finally:
+        if cleanup.ident is not None:
+            cleanup.join()
     return version, str(path)
 
 
@@ -255,8 +265,7 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         report_order=report_order,
         extra={"review": fp.review} if fp.review else {},
     )
-    version, path = publish_task(record, cfg.output)
-    shutil.rmtree(work, ignore_errors=True)
+    version, path = publish_task(record, cfg.output, str(work))
     stage_rows = [
         {
             "stage": r.stage,

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 # cleanlab and scikit-learn are imported where they are used: the config imports this
@@ -161,6 +161,7 @@ def find_issues(labels: np.ndarray, probs: np.ndarray, *, filter_by: FilterBy = 
 def tfidf_features(texts: Sequence[str]) -> sp.csr_matrix:
     """Word 1-2 gram and ``char_wb`` 2-5 gram TF-IDF, side by side, each block L2
     normalised and weighted ``1/sqrt(2)`` so a row has unit length overall."""
+    import scipy.sparse as sp
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     blocks = []

@@ -20,8 +20,10 @@ import json
 import os
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ TABLE_ROWS = 20
 CLIP = 300
 """Characters of a text shown in a table cell."""
 BATCH_ROWS = 65_536
+SECTION_THREADS = 4
 CONTENT_COLUMNS = ("text", "prompt", "response", "messages")
 _SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 
@@ -118,21 +121,24 @@ def _render(version: _Version) -> str:
         lstrip_blocks=True,
     )
     stages = _stages(version)
-    context = {
-        "header": _header(version),
-        "stages": stages,
-        "funnel": _funnel(version, stages),
-        "reasons": _reasons(version),
-        "lengths": _lengths(version),
-        "languages": _languages(version),
-        "labels": _labels(version),
-        "duplicates": _duplicates(version, stages),
-        "label_issues": _label_issues(version),
-        "fills": _fills(version, stages),
-        "splits": _splits(version),
-        "augmented": _augmented(version),
-        "clip": CLIP,
+    sections: dict[str, Callable[[], Any]] = {
+        "funnel": partial(_funnel, version, stages),
+        "reasons": partial(_reasons, version),
+        "lengths": partial(_lengths, version),
+        "languages": partial(_languages, version),
+        "labels": partial(_labels, version),
+        "duplicates": partial(_duplicates, version, stages),
+        "label_issues": partial(_label_issues, version),
+        "fills": partial(_fills, version, stages),
+        "splits": partial(_splits, version),
+        "augmented": partial(_augmented, version),
     }
+    # Sections are independent: those reading Parquet (which releases the GIL) run
+    # while others draw their charts, one at a time (plots holds a lock).
+    with ThreadPoolExecutor(SECTION_THREADS, thread_name_prefix="report") as pool:
+        futures = {name: pool.submit(compute) for name, compute in sections.items()}
+        context = {name: future.result() for name, future in futures.items()}
+    context |= {"header": _header(version), "stages": stages, "clip": CLIP}
     return env.get_template("report.html.j2").render(**context)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import platform
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -28,6 +29,8 @@ from pipeline.steps import Applied, Shard, write_table
 from pipeline.store import Store, file_sha256
 
 LEDGER_COLUMNS = (ROW_ID, "stage", "reason", "detail")
+WRITERS = 4
+"""Threads writing a version's Parquet files."""
 PACKAGES = ("pyarrow", "pandas", "numpy", "ftfy", "langdetect", "datasketch", "pydantic", "prefect", "datasets")
 
 
@@ -169,6 +172,12 @@ def data_file_name(split: str, fingerprint: str, index: int, count: int) -> str:
 SPLIT_ORDER = ("train", "validation", "test")
 
 
+def _write_hashed(table: pa.Table, path: Path) -> dict[str, Any]:
+    """Write a data file; what the manifest lists of it (training verifies these)."""
+    write_table(table, path)
+    return {"sha256": file_sha256(path), "rows": table.num_rows}
+
+
 def _split_tables(final: list[Shard]) -> dict[str, list[pa.Table]]:
     """The kept rows per split (all ``train`` without a ``split`` column), shard order
     kept within each split."""
@@ -197,36 +206,46 @@ def _original_ids(tables: list[pa.Table]) -> pa.ChunkedArray:
 
 
 def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
-    """Fill ``staging`` with data, reports and card; return the manifest to publish."""
+    """Fill ``staging`` with data, reports and card; return the manifest to publish.
+
+    The files are written by a few threads at once: Parquet encoding releases the
+    GIL, and for a large version it is most of publishing's time.
+    """
     data = staging / "data"
     data.mkdir()
+    reports = staging / "reports"
     splits = _split_tables(record.final) or {"train": [pq.read_table(record.final[0].path)]}
-    data_files: dict[str, dict[str, Any]] = {}
-    for split, tables in splits.items():
-        for i, table in enumerate(tables):
-            path = data / data_file_name(split, record.fingerprint, i, len(tables))
-            write_table(table, path)
-            data_files[f"data/{path.name}"] = {"sha256": file_sha256(path), "rows": table.num_rows}
     every = [t for tables in splits.values() for t in tables]
     kept_ids = _original_ids(every)
+    ledger = _ledger(record)
+    check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="publish") as pool:
+        written = {
+            f"data/{path.name}": pool.submit(_write_hashed, table, path)
+            for split, tables in splits.items()
+            for i, table in enumerate(tables)
+            for path in [data / data_file_name(split, record.fingerprint, i, len(tables))]
+        }
+        reports_written = [
+            pool.submit(write_table, ledger, reports / "removed.parquet"),
+            pool.submit(write_table, _stages_table(record.stages), reports / "stages.parquet"),
+        ]
+        for report, paths in record.scores.items():
+            table = _concat(paths)
+            if table is None:
+                continue
+            if report in record.report_order:
+                table = table.sort_by([(record.report_order[report], "ascending"), (ROW_ID, "ascending")])
+            reports_written.append(pool.submit(write_table, table, reports / f"{report}.parquet"))
+        data_files = {name: future.result() for name, future in written.items()}
+        for future in reports_written:
+            future.result()
     origins: Counter[str] = Counter()
     for table in every:
         if ORIGIN in table.column_names:
             origins.update({v["values"]: v["counts"] for v in pc.value_counts(table.column(ORIGIN)).to_pylist()})
         else:
             origins[ORIGINAL] += table.num_rows
-    reports = staging / "reports"
-    ledger = _ledger(record)
-    check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
-    write_table(ledger, reports / "removed.parquet")
-    write_table(_stages_table(record.stages), reports / "stages.parquet")
-    for report, paths in record.scores.items():
-        table = _concat(paths)
-        if table is None:
-            continue
-        if report in record.report_order:
-            table = table.sort_by([(record.report_order[report], "ascending"), (ROW_ID, "ascending")])
-        write_table(table, reports / f"{report}.parquet")
     manifest = {
         "dataset": record.dataset,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -253,11 +272,18 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     return manifest
 
 
-def publish(record: RunRecord, store: Store) -> tuple[str, Path]:
-    """Write the version to a staging folder and publish it, or leave nothing behind."""
+def publish(record: RunRecord, store: Store, written: Callable[[], Any] | None = None) -> tuple[str, Path]:
+    """Write the version to a staging folder and publish it, or leave nothing behind.
+
+    ``written()`` is called once the data and reports are in the staging folder and
+    the run's work files are needed no more, before the report page is built: the
+    flow deletes its work folder meanwhile.
+    """
     staging = store.new_staging()
     try:
         manifest = write_version(record, staging)
+        if written is not None:
+            written()
         return store.publish(staging, manifest, finish=build_report)
     except BaseException:
         store.discard(staging)

@@ -75,6 +75,31 @@ def test_failure_mid_publish_leaves_no_version(tmp_path: Path, monkeypatch: pyte
     assert not [p for p in store.dir.iterdir() if p.name.startswith(".staging")]
 
 
+def test_written_is_called_between_the_data_and_the_report(tmp_path: Path) -> None:
+    """The flow deletes its work folder from ``written``: by then every data and report
+    file must be in staging, the report page not yet (it is drawn meanwhile)."""
+    store = Store(tmp_path / "out", "d")
+    seen: list[list[str]] = []
+
+    def written() -> None:
+        (staging,) = [p for p in store.dir.iterdir() if p.name.startswith(".staging")]
+        seen.append(sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()))
+
+    _, path = publish(make_record(tmp_path, ["a", "b"], ["c"], 3), store, written=written)
+    assert len(seen) == 1
+    assert "README.md" in seen[0] and "reports/removed.parquet" in seen[0]
+    assert any(f.startswith("data/") for f in seen[0]) and "report.html" not in seen[0]
+    assert (path / "report.html").exists()
+
+
+def test_written_is_not_called_when_writing_fails(tmp_path: Path) -> None:
+    """A run that fails before its data are written keeps its work folder to resume from."""
+    called: list[bool] = []
+    with pytest.raises(LedgerError):
+        publish(make_record(tmp_path, ["a", "b"], ["c"], 4), Store(tmp_path / "out", "d"), written=lambda: called.append(True))
+    assert called == []
+
+
 def test_failure_in_the_rename_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(tmp_path / "out", "d")
 

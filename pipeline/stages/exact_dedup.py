@@ -14,7 +14,6 @@ the surviving row.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,13 +48,15 @@ class ExactDedupStage(Stage):
         return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1e")
 
     def summarize(self, table: pa.Table) -> pa.Table:
+        import pandas as pd  # here, not at the top: a run that resumes past this stage saves 0.4 s
+
         keys = self._keys(table).to_numpy(zero_copy_only=False)
         hashes = pd.util.hash_array(keys, categorize=False)
         return pa.table({ROW_ID: table.column(ROW_ID), "key": pa.array(hashes, pa.uint64())})
 
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
         """``row_id`` -> ``duplicate_of`` for every row but the first of each key."""
-        frame = pa.concat_tables(summaries).to_pandas()
+        frame = pa.concat_tables(summaries).to_pandas()  # imports pandas
         first = frame.groupby("key", sort=False)[ROW_ID].transform("first")
         dup = frame["key"].duplicated(keep="first").to_numpy()
         return pa.table(

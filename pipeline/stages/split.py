@@ -32,8 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from pipeline import minhash
 from pipeline.schema import ROW_ID, SPLIT, joined_text
@@ -121,6 +119,9 @@ class SplitStage(Stage):
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
         """Groups of near copies (connected components of verified pairs), then each
         label's groups dealt to the splits."""
+        from scipy.sparse import coo_matrix  # here: a run that only applies the split saves its import
+        from scipy.sparse.csgraph import connected_components
+
         cfg = self.config
         n = sum(s.num_rows for s in summaries)
         parts = [NearDedupStage.shingles_and_signatures(s, cfg.num_perm) for s in summaries]
