@@ -122,8 +122,11 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
 ) -> None:
     declared = next(d for d in prefect_yaml()["deployments"] if d["name"] == "curate")
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+    # In the README's order: the pool first (a worker would create it too, but
+    # `prefect deploy` refuses a pool that does not exist yet), then deploy, then a worker.
+    prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    prefect_cli(client_env, "--no-prompt", "deploy", "--name", "curate")
     with started("prefect-worker", worker, client_env, tmp_path):
-        prefect_cli(client_env, "--no-prompt", "deploy", "--name", "curate")
         check_deployment_and_run_it(prefect_api, declared, tmp_path / "out")
 
 
