@@ -52,6 +52,7 @@ CLIP = 300
 """Characters of a text shown in a table cell."""
 BATCH_ROWS = 65_536
 SECTION_THREADS = 4
+"""Sections computed at once; more than the cores, since charts wait on one lock."""
 CONTENT_COLUMNS = ("text", "prompt", "response", "messages")
 _SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 
