@@ -56,7 +56,7 @@ class ExactDedupStage(Stage):
 
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
         """``row_id`` -> ``duplicate_of`` for every row but the first of each key."""
-        frame = pa.concat_tables(summaries).to_pandas()  # imports pandas
+        frame = pa.concat_tables(summaries).to_pandas()
         first = frame.groupby("key", sort=False)[ROW_ID].transform("first")
         dup = frame["key"].duplicated(keep="first").to_numpy()
         return pa.table(
