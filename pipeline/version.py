@@ -220,12 +220,11 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     ledger = _ledger(record)
     check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="publish") as pool:
-        written = {
-            f"data/{path.name}": pool.submit(_write_hashed, table, path)
-            for split, tables in splits.items()
-            for i, table in enumerate(tables)
-            for path in [data / data_file_name(split, record.fingerprint, i, len(tables))]
-        }
+        data_written = {}
+        for split, tables in splits.items():
+            for i, table in enumerate(tables):
+                path = data / data_file_name(split, record.fingerprint, i, len(tables))
+                data_written[f"data/{path.name}"] = pool.submit(_write_hashed, table, path)
         reports_written = [
             pool.submit(write_table, ledger, reports / "removed.parquet"),
             pool.submit(write_table, _stages_table(record.stages), reports / "stages.parquet"),
@@ -237,7 +236,7 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
             if report in record.report_order:
                 table = table.sort_by([(record.report_order[report], "ascending"), (ROW_ID, "ascending")])
             reports_written.append(pool.submit(write_table, table, reports / f"{report}.parquet"))
-        data_files = {name: future.result() for name, future in written.items()}
+        data_files = {name: future.result() for name, future in data_written.items()}
         for future in reports_written:
             future.result()
     origins: Counter[str] = Counter()
