@@ -28,6 +28,30 @@ def test_probabilities_are_out_of_sample_and_deterministic() -> None:
     np.testing.assert_array_equal(label_model.out_of_sample_probs(texts, labels, folds=5, seed=0), probs)
 
 
+def test_a_second_round_is_taught_without_the_first_rounds_issues() -> None:
+    texts, labels, flipped = _texts_and_labels()
+    one = label_model.out_of_sample_probs(texts, labels, folds=5, seed=0)
+    two = label_model.out_of_sample_probs(texts, labels, folds=5, seed=0, rounds=2)
+    given_one, given_two = (p[np.arange(len(labels)), labels] for p in (one, two))
+    # Models that no longer learn the flipped labels believe them less, and the right ones more.
+    assert given_two[flipped].mean() < given_one[flipped].mean()
+    assert given_two[~flipped].mean() > given_one[~flipped].mean()
+    np.testing.assert_allclose(two.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(label_model.out_of_sample_probs(texts, labels, folds=5, seed=0, rounds=2), two)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        label_model.out_of_sample_probs(texts, labels, rounds=0)
+
+
+def test_a_class_left_too_thin_by_the_first_round_keeps_all_its_rows() -> None:
+    # Round two fits each fold on the rows round one trusted; a class with fewer than
+    # `folds` of them would be missing from some fold's model, so it keeps them all.
+    labels = np.array([0] * 10 + [1] * 6 + [2] * 10)
+    trusted = np.ones(26, dtype=bool)
+    trusted[[0, 1]] = trusted[[10, 11, 12]] = False  # class 0 keeps 8 rows, class 1 only 3
+    kept = label_model._trusted(labels, trusted, folds=5)
+    assert kept[10:16].all() and not kept[[0, 1]].any() and kept[2:10].all() and kept[16:].all()
+
+
 def test_classes_too_thin_for_the_folds_are_refused() -> None:
     with pytest.raises(ValueError, match="need >= 2 classes of >= 5 rows each"):
         label_model.out_of_sample_probs(["a b"] * 9, np.array([0] * 5 + [1] * 4), folds=5)

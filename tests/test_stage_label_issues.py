@@ -255,6 +255,19 @@ def test_another_seed_gives_other_folds(flagged) -> None:
     assert len(issues(other) & flips) >= 0.8 * len(flips)
 
 
+def test_a_second_round_judges_with_models_taught_without_the_first_rounds_issues(flagged) -> None:
+    state, _ = flagged
+    table, flips, _ = dataset()
+    second, _ = run([table], rounds=2)
+    assert stats_of(second)["rounds"] == 2 and stats_of(state)["rounds"] == 1
+    quality = {r: q for r, q in zip(state.column("row_id").to_pylist(), state.column("label_quality").to_pylist())}
+    again = {r: q for r, q in zip(second.column("row_id").to_pylist(), second.column("label_quality").to_pylist())}
+    right = set(quality) - flips
+    # The right labels look more right, and the flipped ones are still found.
+    assert np.mean([again[r] for r in right]) > np.mean([quality[r] for r in right])
+    assert len(issues(second) & flips) >= 0.8 * len(flips)
+
+
 def test_review_decisions_override_the_model(tmp_path: Path, flagged) -> None:
     model_state, _ = flagged
     table, flips, truth = dataset()
@@ -341,6 +354,8 @@ def test_config_checks() -> None:
         LabelIssuesConfig(folds=1)
     with pytest.raises(ValidationError, match="features"):
         LabelIssuesConfig(features="bert")
+    with pytest.raises(ValidationError, match="rounds"):
+        LabelIssuesConfig(rounds=0)
     with pytest.raises(ValidationError, match="extra"):
         LabelIssuesConfig(threshold=0.5)
 

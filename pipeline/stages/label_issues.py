@@ -56,6 +56,11 @@ class LabelIssuesConfig(StageConfig):
     averaged: the best ranking where classes overlap)."""
     folds: int = Field(5, ge=2)
     seed: int = 0
+    rounds: int = Field(1, ge=1)
+    """Verdicts made in turn; each round after the first refits without the rows the
+    round before called wrong, so wrong labels teach the judging models less (see
+    :mod:`pipeline.label_model`). Each round costs another set of fold fits, not
+    another encoding."""
     policy: Literal["flag", "drop", "relabel"] = "flag"
     relabel_threshold: float = Field(0.8, ge=0.0, le=1.0)
     """``relabel`` only changes a label when the suggested class has at least this
@@ -205,6 +210,7 @@ class LabelIssuesStage(Stage):
             "cv_accuracy": v.cv_accuracy,
             "features": cfg.features,
             "folds": cfg.folds,
+            "rounds": cfg.rounds,
             "policy": cfg.policy,
             "filter_by": cfg.filter_by,
             "label_quality": "self_confidence",
@@ -245,7 +251,8 @@ class LabelIssuesStage(Stage):
             return v
         y = np.searchsorted(modelled, class_of[v.judged])  # classes renumbered 0..k'-1
         probs = out_of_sample_probs(
-            texts.filter(pa.array(v.judged)).to_pylist(), y, features=cfg.features, folds=cfg.folds, seed=cfg.seed
+            texts.filter(pa.array(v.judged)).to_pylist(), y, features=cfg.features, folds=cfg.folds, seed=cfg.seed,
+            rounds=cfg.rounds, filter_by=cfg.filter_by,
         )
         found = find_issues(y, probs, filter_by=cfg.filter_by)
         v.suggested[v.judged] = modelled[found.suggested]
