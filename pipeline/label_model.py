@@ -130,11 +130,13 @@ def out_of_sample_probs(
     if features in ("embeddings", "ensemble"):
         vectors = sentence_embeddings(texts, batch_size=batch_size) if embeddings is None else embeddings
         models.append((vectors, _lbfgs))
-    trusted = np.ones(len(labels), dtype=bool)
-    probs = np.mean([_cross_val_probs(x, labels, splits, fit, trusted) for x, fit in models], axis=0)
+
+    def verdict(trusted: np.ndarray) -> np.ndarray:
+        return np.mean([_cross_val_probs(x, labels, splits, fit, trusted) for x, fit in models], axis=0)
+
+    probs = verdict(np.ones(len(labels), dtype=bool))
     for _ in range(rounds - 1):
-        trusted = _trusted(labels, ~find_issues(labels, probs, filter_by=filter_by).is_issue, folds)
-        probs = np.mean([_cross_val_probs(x, labels, splits, fit, trusted) for x, fit in models], axis=0)
+        probs = verdict(_trusted(labels, ~find_issues(labels, probs, filter_by=filter_by).is_issue, folds))
     return probs
 
 
