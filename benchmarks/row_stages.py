@@ -7,7 +7,7 @@ The corpus (``benchmarks/corpus.py``) becomes the canonical table of a plain tex
 dataset (``row_id`` = ``doc_id``, ``text``, ``changed_by`` = ""), cut into shards of
 ``--shard-rows``. Then:
 
-1. Each stage of ``STAGE_ORDER`` but ``near_dedup`` (it has its own benchmark,
+1. Each stage of the registry (``stage_names()``) but ``near_dedup`` (it has its own benchmark,
    ``benchmarks/dedup.py``) is timed on its own, in this process, over all
    shards, each stage fed the previous stage's kept rows as in the real chain. Global
    stages (``missing``, ``exact_dedup``) count ``summarize`` over all shards +
@@ -59,9 +59,9 @@ from benchmarks.machine import BUSY_CORES, add_wait_idle_argument, wait_for_idle
 from benchmarks.machine import CpuMeter as Meter  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 from pipeline.stages.base import Stage, StageOutput  # noqa: E402
-from pipeline.stages.registry import STAGE_ORDER, stage_class  # noqa: E402
+from pipeline.stages.registry import stage_class, stage_names  # noqa: E402
 
-BENCHMARKED = tuple(name for name in STAGE_ORDER if name != "near_dedup")
+BENCHMARKED = tuple(name for name in stage_names() if name != "near_dedup")
 
 INFO = DatasetInfo("text", ("text",))
 TARGET_DOCS_PER_S = 10_000

@@ -8,10 +8,11 @@ by run id), so a run that was killed resumes: the re-run finds the finished step
 cached and does only the rest.
 
 The work folder is named by what decides the ingested shards (input contents, column
-mapping, shard size), and each stage writes to a sub-folder named by its settings
-chained to those of the stages before it. So a changed input never reuses a stale
-result, and a run with other settings for one stage takes the stages before it from
-the cache and re-runs that stage and those after it. The folder is removed once the
+mapping, shard size), and each stage writes to a sub-folder named by its step key, its
+settings chained to those of the stages before it (``pipeline.fingerprint``). So a
+changed input never reuses a stale result, and a run with other settings for one stage
+takes the stages before it from the cache and re-runs that stage and those after it.
+The flow knows no stage by name: it runs what ``pipeline.stages.registry`` lists. The folder is removed once the
 version is published. Runs of the same inputs share it, so they take turns under
 ``Store.work_lock``: the second waits, then finds the version the first published, or
 resumes from its cache.
@@ -24,7 +25,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
 
-import pipeline
 from pipeline import executors, progress, steps
 from pipeline.card import format_reasons
-from pipeline.config import PipelineConfig, config_hash
+from pipeline.config import PipelineConfig
+from pipeline.fingerprint import Fingerprint, run_fingerprint
 from pipeline.inputs import DatasetConfig
-from pipeline.readers import InputFile, expand_inputs
-from pipeline.review import decisions_path
-from pipeline.stages.registry import STAGE_ORDER
+from pipeline.stages import registry
 from pipeline.steps import Applied, Decided, Ingested, Shard
-from pipeline.store import Store, file_sha256
+from pipeline.store import Store
 from pipeline.version import RunRecord, StageReport, publish
 
 _CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
@@ -86,74 +85,6 @@ def publish_task(record: RunRecord, output: str, work: str) -> tuple[str, str]:
     return version, str(path)
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """What decides a version's content, hashed into ``value``."""
-
-    value: str
-    inputs: list[dict[str, Any]]
-    """The dataset's input files (and the rehearsal dataset's), with their hashes."""
-    payload: dict[str, Any]
-    config_hash: str
-    review: dict[str, Any] | None
-    """The imported label review decisions the run applies, if any."""
-    work_key: str
-    """What decides the ingested shards, hashed: names the run's work folder."""
-
-
-def _hashed(files: list[InputFile], role: str) -> list[dict[str, Any]]:
-    return [{"path": str(f.path), "label": f.label, "sha256": file_sha256(f.path), "role": role} for f in files]
-
-
-def run_fingerprint(cfg: PipelineConfig, dataset_name: str) -> Fingerprint:
-    """Hash what decides the version's content: input bytes and names, the general
-    dataset mixed in, the review decisions, config and code version."""
-    ds = next(d for d in cfg.datasets if d.name == dataset_name)
-    inputs = _hashed(expand_inputs(ds), "dataset")
-    rehearsal = cfg.stages_for(ds).rehearsal
-    if rehearsal.enabled:
-        general = DatasetConfig(name="rehearsal", inputs=rehearsal.inputs, format=rehearsal.format)
-        inputs += _hashed(expand_inputs(general), "rehearsal")
-    review = None
-    decisions = decisions_path(Store(cfg.output, ds.name))
-    if decisions.is_file():
-        count = sum(1 for line in decisions.read_text().splitlines() if line.strip())
-        review = {"file": str(decisions), "sha256": file_sha256(decisions), "decisions": count}
-    payload = cfg.fingerprint_payload(ds)
-    chash = config_hash(payload)
-    value = config_hash(
-        {
-            "pipeline": pipeline.__version__,
-            "inputs": [(i["role"], i["label"], i["sha256"]) for i in inputs],
-            "config": chash,
-            "shard_rows": cfg.shard_rows,
-            "review": review["sha256"] if review else None,
-        }
-    )
-    work_key = config_hash(
-        {
-            "pipeline": pipeline.__version__,
-            "inputs": [(i["label"], i["sha256"]) for i in inputs if i["role"] == "dataset"],
-            "columns": payload["columns"],
-            "format": payload["format"],
-            "shard_rows": cfg.shard_rows,
-        }
-    )
-    return Fingerprint(value, inputs, payload, chash, review, work_key)
-
-
-def step_key(previous: str, name: str, stage_config: dict[str, Any], fp: Fingerprint) -> str:
-    """What decides a stage's outputs, hashed: the key of the step before it, the
-    stage's settings, and the files it reads besides its shards (the general data
-    of ``rehearsal``, the review decisions of ``label_issues``)."""
-    reads = []
-    if name == "rehearsal":
-        reads = [i["sha256"] for i in fp.inputs if i["role"] == "rehearsal"]
-    if name == "label_issues" and fp.review:
-        reads = [fp.review["sha256"]]
-    return config_hash({"after": previous, "stage": name, "config": stage_config, "reads": reads})
-
-
 def _artifact_key(dataset: str, what: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + f"-{what}"
@@ -177,7 +108,7 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Curate one dataset of ``config`` (a ``PipelineConfig`` as a dict) into its store."""
     logger = logging.getLogger("pipeline")
     cfg = PipelineConfig.model_validate(config)
-    ds = next(d for d in cfg.datasets if d.name == dataset)
+    ds = cfg.dataset(dataset)
     store = Store(cfg.output, ds.name)
     fp = run_fingerprint(cfg, ds.name)
     fingerprint = fp.value
@@ -213,16 +144,15 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
     scores: dict[str, list[str]] = {}
     report_order: dict[str, str] = {}
     key = fp.work_key
-    for index, name in enumerate(STAGE_ORDER):
-        stage_config = getattr(stages, name).model_dump(mode="json")
-        if name == "label_issues" and fp.review:
-            stage_config["review_file"] = fp.review["file"]
+    for index, cls in enumerate(registry.stages()):
+        name = cls.name
+        stage_config = fp.stage_settings(name, getattr(stages, name).model_dump(mode="json"))
         rows = sum(s.rows for s in shards)
         stage = steps.make_stage(name, stage_config, ingested.info)
         if not stage.applies():
             reports.append(StageReport(stage=name, enabled=False, rows_in=rows, rows_out=rows))
             continue
-        key = step_key(key, name, stage_config, fp)
+        key = fp.step_key(key, name, stage_config)
         out_dir = str(work / f"{index}-{name}" / key[:12])
         started = time.perf_counter()
         state, decision = None, {}
@@ -263,7 +193,7 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         scores=scores,
         stages=reports,
         report_order=report_order,
-        extra={"review": fp.review} if fp.review else {},
+        extra=fp.records(),
     )
     version, path = publish_task(record, cfg.output, str(work))
     stage_rows = [

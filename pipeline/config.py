@@ -8,29 +8,19 @@ stages.language.allowed=[en,de]``, ``--set stages.quality.enabled=false``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.errors import PipelineError
 from pipeline.executors import ExecutorConfig
 from pipeline.inputs import DatasetConfig
-from pipeline.stages.augment import AugmentConfig
-from pipeline.stages.base import StrictModel
-from pipeline.stages.exact_dedup import ExactDedupConfig
-from pipeline.stages.label_issues import LabelIssuesConfig
-from pipeline.stages.language import LanguageConfig
-from pipeline.stages.missing import MissingConfig
-from pipeline.stages.near_dedup import NearDedupConfig
-from pipeline.stages.noise import NoiseConfig
-from pipeline.stages.normalize import NormalizeConfig
-from pipeline.stages.quality import QualityConfig
-from pipeline.stages.rehearsal import RehearsalConfig
-from pipeline.stages.split import SplitConfig
+from pipeline.settings import StrictModel
+from pipeline.stages import registry
+from pipeline.stages.registry import StagesConfig
 
 DEFAULT_CONFIG_FILE = "pipeline.yaml"
 
@@ -72,25 +62,13 @@ class FinetuneConfig(StrictModel):
         return dataset in self.datasets if self.datasets is not None else kind in TRAINABLE_KINDS
 
 
-class StagesConfig(StrictModel):
-    normalize: NormalizeConfig = NormalizeConfig()
-    noise: NoiseConfig = NoiseConfig()
-    missing: MissingConfig = MissingConfig()
-    language: LanguageConfig = LanguageConfig()
-    quality: QualityConfig = QualityConfig()
-    exact_dedup: ExactDedupConfig = ExactDedupConfig()
-    near_dedup: NearDedupConfig = NearDedupConfig()
-    label_issues: LabelIssuesConfig = LabelIssuesConfig()
-    split: SplitConfig = SplitConfig()
-    augment: AugmentConfig = AugmentConfig()
-    rehearsal: RehearsalConfig = RehearsalConfig()
-
-
 class PipelineConfig(StrictModel):
     datasets: list[DatasetConfig] = Field(min_length=1)
     output: str = "out"
     shard_rows: int = Field(default=50_000, gt=0)
-    stages: StagesConfig = StagesConfig()
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    """One key per registered stage: the field's model is made by the stage registry
+    (:func:`_use_registered_stages`)."""
     executor: ExecutorConfig = ExecutorConfig()
     """Where the tasks run (``pipeline.executors``); not part of any version's fingerprint."""
     finetune: FinetuneConfig = FinetuneConfig()
@@ -116,7 +94,14 @@ class PipelineConfig(StrictModel):
         dataset's own ``stages`` entries merged over them, key by key."""
         if not dataset.stages:
             return self.stages
-        return StagesConfig.model_validate(_merge(self.stages.model_dump(mode="json"), dataset.stages))
+        return registry.stages_model().model_validate(_merge(self.stages.model_dump(mode="json"), dataset.stages))
+
+    def dataset(self, name: str) -> DatasetConfig:
+        """The dataset called ``name``."""
+        for dataset in self.datasets:
+            if dataset.name == name:
+                return dataset
+        raise PipelineError(f"no dataset {name!r} in the config (its datasets: {', '.join(d.name for d in self.datasets)})")
 
     def fingerprint_payload(self, dataset: DatasetConfig) -> dict[str, Any]:
         """What decides a dataset's content: its columns and the stage settings.
@@ -131,15 +116,26 @@ class PipelineConfig(StrictModel):
         }
 
 
+def _use_registered_stages() -> None:
+    """Point ``PipelineConfig.stages`` at the model of the stages registered now.
+
+    Called at import and again whenever :func:`pipeline.stages.registry.register` adds
+    a stage, so that its section validates like any other.
+    """
+    model = registry.stages_model()
+    PipelineConfig.model_fields["stages"] = FieldInfo(annotation=model, default_factory=model)
+    PipelineConfig.model_rebuild(force=True)
+
+
+_use_registered_stages()
+registry.on_change(_use_registered_stages)
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return merged
-
-
-def config_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.stages.base import StrictModel
+from pipeline.settings import StrictModel
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.stages.base import StrictModel
+from pipeline.settings import StrictModel
 
 
 class ColumnsConfig(StrictModel):

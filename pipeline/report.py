@@ -17,8 +17,6 @@ off, or a report an older version does not have) are left out.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from markupsafe import Markup
 
 from pipeline import report_plots as plots
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 from pipeline.schema import AUGMENT_OPS, ORIGIN, ORIGINAL, ROW_ID, SOURCE_ROW_ID, DatasetInfo, joined_text
 from pipeline.store import MANIFEST
 
@@ -95,9 +94,7 @@ def build_report(version_dir: Path, manifest: dict[str, Any] | None = None) -> P
         raise PipelineError(f"{version_dir} is not a version folder (no data/*.parquet)")
     html = _render(version)
     target = version_dir / REPORT
-    tmp = version_dir / f".{REPORT}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, target)
+    write_text(target, html)
     return target
 
 

@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 from pipeline.inspect import VersionRef, load_version
 from pipeline.schema import ROW_ID
-from pipeline.store import Store, write_text_atomic
+from pipeline.store import Store
 
 DECISIONS = ("keep", "drop", "relabel")
 REPORT = "label_issues.parquet"
@@ -164,7 +165,8 @@ def import_decisions(edited: Path, root: Path) -> Imported:
     merged = _read_store(target)
     merged.update(decided)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target, "".join(json.dumps(merged[k], ensure_ascii=False, sort_keys=True) + "\n" for k in sorted(merged)))
+    lines = (json.dumps(merged[k], ensure_ascii=False, sort_keys=True) + "\n" for k in sorted(merged))
+    write_text(target, "".join(lines))
     counts = {d: sum(1 for e in decided.values() if e["decision"] == d) for d in DECISIONS}
     return Imported(target, counts, blank, len(merged))
 

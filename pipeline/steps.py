@@ -2,19 +2,16 @@
 
 Tasks pass shard paths, never data frames: a path pickles in microseconds, a frame
 in seconds, and a path means the same thing on a Dask worker as in the flow process.
-Every output is written to a temporary name and renamed, so a run killed mid-write
+Every output is written atomically (:mod:`pipeline.files`), so a run killed mid-write
 leaves no half file behind for the resumed run to pick up. Outputs live in the run's
 work folder, one sub-folder per stage named by the settings that decide its outputs
-(see ``flows.curate``), so a resumed run finds its own files and a changed input or
-config never reads stale ones.
+(see :mod:`pipeline.fingerprint`), so a resumed run finds its own files and a changed
+input or config never reads stale ones.
 """
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline import progress
 from pipeline.errors import PipelineError
+from pipeline.files import read_arrow, write_arrow, write_table
 from pipeline.inputs import DatasetConfig
 from pipeline.readers import Reader
 from pipeline.schema import ROW_ID, DatasetInfo
@@ -66,42 +64,6 @@ class Applied:
     counters: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     """Removed rows per reason."""
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary name in the same folder, then rename over ``path``, so
-    a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet atomically."""
-    _write_atomically(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def write_arrow(table: pa.Table, path: Path) -> None:
-    """Write an uncompressed Arrow IPC file atomically, as one record batch.
-
-    Global stages' summaries use this format rather than Parquet because
-    :func:`read_arrow` maps it into memory without decoding: a decide step over many
-    shards then holds only the pages it touches, and the OS can drop them again
-    (that is what keeps ``near_dedup`` within its memory budget).
-    """
-    table = table.combine_chunks()
-
-    def write(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-
-    _write_atomically(path, write)
-
-
-def read_arrow(path: str | Path) -> pa.Table:
-    """A table written by :func:`write_arrow`, memory-mapped (zero copy)."""
-    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
 def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
@@ -173,6 +135,7 @@ def apply(
     table = pq.read_table(shard.path)
     with progress.in_shard(name, "apply", shard.name):
         result = stage.apply(table, pq.read_table(state) if state else None)
+    _check_columns(stage, table.schema, result.kept.schema)
     out = Path(out_dir)
     kept_path = out / "kept" / f"{shard.name}.parquet"
     write_table(result.kept, kept_path)
@@ -194,3 +157,16 @@ def apply(
         counters={k: int(v) for k, v in result.counters.items()},
         reasons=reasons,
     )
+
+
+def _check_columns(stage: Stage, before: pa.Schema, after: pa.Schema) -> None:
+    """A stage keeps every column it was given and adds only those it declares
+    (``Stage.adds_columns``): a column lost here would be data lost without a trace."""
+    lost = [name for name in before.names if name not in after.names]
+    added = [name for name in after.names if name not in before.names and name not in stage.adds_columns]
+    if lost or added:
+        raise RuntimeError(
+            f"stage {stage.name} " + ("lost the columns " + ", ".join(lost) if lost else "")
+            + (" and " if lost and added else "")
+            + ("added the undeclared columns " + ", ".join(added) if added else "")
+        )

@@ -22,7 +22,6 @@ first instead (runs of different inputs do not wait for each other).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from pipeline.files import write_text
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
@@ -109,10 +110,10 @@ class Store:
             manifest = {**manifest, "version": version}
             if finish is not None:
                 finish(staging, manifest)
-            write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             target = self.dir / version
             os.rename(staging, target)
-            write_text_atomic(self.dir / LATEST, version + "\n")
+            write_text(self.dir / LATEST, version + "\n")
         return version, target
 
     def discard(self, staging: Path) -> None:
@@ -153,26 +154,6 @@ def _same_file(path: Path, fd: int) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents) for ``hf`` inputs."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

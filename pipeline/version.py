@@ -25,8 +25,9 @@ import pipeline
 from pipeline.card import render_card
 from pipeline.report import build_report
 from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
-from pipeline.steps import Applied, Shard, write_table
-from pipeline.store import Store, file_sha256
+from pipeline.files import file_sha256, write_table
+from pipeline.steps import Applied, Shard
+from pipeline.store import Store
 
 LEDGER_COLUMNS = (ROW_ID, "stage", "reason", "detail")
 WRITERS = 4

@@ -11,7 +11,7 @@ import pytest
 from pipeline import steps
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.store import file_sha256
+from pipeline.files import file_sha256
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -23,12 +23,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import steps
-from pipeline.config import PipelineConfig, config_hash, load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
+from pipeline.files import file_sha256
+from pipeline.fingerprint import config_hash
 from pipeline.readers import expand_inputs
 from pipeline.report import EXAMPLES_PER_REASON, LABEL_ISSUES_SHOWN, REPORT, build_report
-from pipeline.stages.registry import STAGE_ORDER
-from pipeline.store import Store, file_sha256
+from pipeline.stages.registry import stage_names
+from pipeline.store import Store
 from pipeline.version import RunRecord, StageReport, publish
 
 SCRIPT = "<script>alert(1)</script>"
@@ -82,7 +84,7 @@ def _publish(cfg: PipelineConfig, work: Path) -> Path:
     removed: dict[str, list[str]] = {}
     scores: dict[str, list[str]] = {}
     order: dict[str, str] = {}
-    for index, name in enumerate(STAGE_ORDER):
+    for index, name in enumerate(stage_names()):
         config = getattr(cfg.stages, name).model_dump(mode="json")
         stage = steps.make_stage(name, config, ingested.info)
         if not stage.applies():

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages.registry import STAGE_ORDER
+from pipeline.stages.registry import stage_names
 from pipeline.store import Store
 from tests.servers import REPO, prefect_api, service_env  # noqa: F401 (fixture)
 
@@ -34,7 +34,7 @@ SHARD_ROWS = 300
 """Eight shards: a stage is eight tasks or more, long enough to be killed in."""
 SETTINGS = (f"shard_rows={SHARD_ROWS}", "stages.language.enabled=false")
 RUN_SECONDS = 240
-SPLIT = f"{STAGE_ORDER.index('split')}-split"
+SPLIT = f"{stage_names().index('split')}-split"
 """The work folder of the last stage that runs (augment and rehearsal are off)."""
 WORDS = (
     "the", "of", "and", "to", "in", "for", "on", "with", "as", "by", "at", "from", "that", "this", "river",
@@ -129,10 +129,10 @@ def task_states(log: str) -> dict[str, set[str]]:
 def assert_states(states: dict[str, set[str]], cached_before: str, rerun_before: str) -> None:
     """Ingest and the stages before ``cached_before`` came from the cache; those from
     it up to (not including) ``rerun_before`` ran again."""
-    cut, end = STAGE_ORDER.index(cached_before), STAGE_ORDER.index(rerun_before)
+    cut, end = stage_names().index(cached_before), stage_names().index(rerun_before)
     expected = {"ingest": {"Cached"}}
-    expected |= {name: {"Cached"} for name in STAGE_ORDER[:cut] if name in states}
-    expected |= {name: {"Completed"} for name in STAGE_ORDER[cut:end] if name in states}
+    expected |= {name: {"Cached"} for name in stage_names()[:cut] if name in states}
+    expected |= {name: {"Completed"} for name in stage_names()[cut:end] if name in states}
     assert {name: states[name] for name in expected} == expected
     assert {"normalize", "exact_dedup", "near_dedup"} <= expected.keys(), f"stages missing from the log: {states}"
 

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import version as version_module
 from pipeline.schema import DatasetInfo
-from pipeline.steps import Shard, write_table
+from pipeline.files import write_table
+from pipeline.steps import Shard
 from pipeline.store import Store
 from pipeline.version import LedgerError, RunRecord, StageReport, publish
 

@@ -315,6 +315,7 @@ class AugmentStage(Stage):
     config_model = AugmentConfig
     config: AugmentConfig
     is_global = True
+    adds_columns = (ORIGIN, SOURCE_ROW_ID, AUGMENT_OPS)
 
     # which strings of a row are rewritten
 

@@ -24,26 +24,57 @@ import json
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
 
+from pipeline.inputs import DatasetConfig
 from pipeline.schema import CHANGED_BY, DatasetInfo
-
-
-class StrictModel(BaseModel):
-    """A pydantic model that rejects unknown keys, so a typo in a config fails loudly."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from pipeline.settings import StrictModel
+from pipeline.store import Store
 
 
 class StageConfig(StrictModel):
     """Settings every stage shares."""
 
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know of its run besides its settings, when it names the files it
+    reads (:meth:`Stage.reads`): the dataset, and the dataset's store."""
+
+    dataset: DatasetConfig
+    store: Store
+
+
+@dataclass(frozen=True)
+class Read:
+    """A file a stage reads besides its shards.
+
+    Its sha256 goes into the version's fingerprint and into the stage's step key, so a
+    changed file makes a new version and re-runs the stage (and those after it), while
+    the stages before it come from the cache.
+    """
+
+    role: str
+    """What the file is to the run, as the manifest names it: ``rehearsal`` (general
+    data mixed in), ``review`` (a person's label decisions)."""
+    path: Path
+    label: str
+    """The name the manifest gives the file (a path relative to its glob's root)."""
+    data: bool = True
+    """Rows the run reads, listed with the dataset's own among the manifest's
+    ``inputs``. Otherwise (decisions, lists) the file is recorded under its ``role``."""
+    setting: str | None = None
+    """The stage setting that receives the file's path at run time, if the stage
+    cannot find it from its settings alone."""
+    detail: dict[str, Any] = field(default_factory=dict)
+    """Figures recorded with a non-data file in the manifest (e.g. decisions: 12)."""
 
 
 @dataclass
@@ -74,10 +105,22 @@ class Stage(ABC):
     report_sort_by: ClassVar[str | None] = None
     """Column the published report is sorted by, ascending (worst first), so the rows
     to review are at its top; input order when unset."""
+    adds_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns the stage may add to the rows it keeps. Any other change to the
+    columns is a bug that would lose data, and :func:`pipeline.steps.apply` refuses it."""
 
     def __init__(self, config: StageConfig, info: DatasetInfo) -> None:
         self.config = config
         self.info = info
+
+    @classmethod
+    def reads(cls, config: StageConfig, context: StageContext) -> list[Read]:
+        """The files the stage reads besides its shards, with ``config`` enabled.
+
+        Called before the run starts, so everything that decides the stage's output is
+        hashed into the fingerprint and the step keys (see :mod:`pipeline.fingerprint`).
+        """
+        return []
 
     def applies(self) -> bool:
         return self.config.enabled and self.info.kind in self.kinds

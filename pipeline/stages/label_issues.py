@@ -42,7 +42,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import PipelineError
 from pipeline.label_model import Features, FilterBy, find_issues, out_of_sample_probs
 from pipeline.schema import ROW_ID, joined_text
-from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, split_rows, with_stats
+from pipeline.stages.base import (
+    Read,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageOutput,
+    mark_changed,
+    split_rows,
+    with_stats,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -131,6 +140,20 @@ class LabelIssuesStage(Stage):
     config: LabelIssuesConfig
     kinds = frozenset({"classification"})
     is_global = True
+
+    @classmethod
+    def reads(cls, config: LabelIssuesConfig, context: StageContext) -> list[Read]:
+        """The review decisions imported into the dataset's store, if any
+        (``python -m pipeline review import``): they go to ``review_file``."""
+        from pipeline.review import decisions_path
+
+        path = decisions_path(context.store)
+        if not path.is_file():
+            return []
+        count = sum(1 for line in path.read_text().splitlines() if line.strip())
+        return [
+            Read("review", path, path.name, data=False, setting="review_file", detail={"decisions": count})
+        ]
 
     def summarize(self, table: pa.Table) -> pa.Table:
         label = table.column("label")

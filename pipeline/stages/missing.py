@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.schema import CHANGED_BY, ROW_ID, TEXT_ROLES
-from pipeline.stages.base import Stage, StageConfig, StageOutput, StrictModel, mark_changed, split_rows
+from pipeline.settings import StrictModel
+from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, split_rows
 
 
 class FillRule(StrictModel):

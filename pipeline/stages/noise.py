@@ -63,7 +63,8 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from pipeline.schema import transform_text_fields
-from pipeline.stages.base import Stage, StageConfig, StageOutput, StrictModel, mark_changed, no_removals
+from pipeline.settings import StrictModel
+from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, no_removals
 
 # --- html_tags ---------------------------------------------------------------------
 

@@ -34,9 +34,19 @@ from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import ColumnsConfig, DatasetConfig
-from pipeline.readers import Reader
-from pipeline.schema import CHANGED_BY, ORIGIN, ORIGINAL, ROW_ID, SOURCE_ROW_ID, SPLIT, joined_text, with_origin
-from pipeline.stages.base import Stage, StageConfig, StageOutput, no_removals, with_stats
+from pipeline.readers import Reader, expand_inputs
+from pipeline.schema import (
+    AUGMENT_OPS,
+    CHANGED_BY,
+    ORIGIN,
+    ORIGINAL,
+    ROW_ID,
+    SOURCE_ROW_ID,
+    SPLIT,
+    joined_text,
+    with_origin,
+)
+from pipeline.stages.base import Read, Stage, StageConfig, StageContext, StageOutput, no_removals, with_stats
 
 REHEARSAL = "rehearsal"
 TARGET = "_target_shard"
@@ -72,6 +82,13 @@ class RehearsalStage(Stage):
     config_model = RehearsalConfig
     config: RehearsalConfig
     is_global = True
+    adds_columns = (ORIGIN, SOURCE_ROW_ID, AUGMENT_OPS)
+
+    @classmethod
+    def reads(cls, config: RehearsalConfig, context: StageContext) -> list[Read]:
+        """The general dataset's files: the rows mixed in are drawn from them."""
+        general = DatasetConfig(name=REHEARSAL, inputs=config.inputs, format=config.format)
+        return [Read(REHEARSAL, f.path, f.label) for f in expand_inputs(general)]
 
     def summarize(self, table: pa.Table) -> pa.Table:
         """The shard's original train rows (augmented rows do not raise the share)."""

@@ -104,6 +104,7 @@ class SplitStage(Stage):
     config_model = SplitConfig
     config: SplitConfig
     is_global = True
+    adds_columns = (SPLIT,)
 
     def summarize(self, table: pa.Table) -> pa.Table:
         cfg = self.config

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.inspect import datasets_in, resolve_version
-from pipeline.store import MANIFEST, Store, file_sha256
+from pipeline.files import file_sha256
+from pipeline.store import MANIFEST, Store
 
 REQUIRED_KEYS = ("dataset", "version", "fingerprint", "kind", "roles", "counts")
 TRAINABLE_KINDS = ("classification", "instruction")
