@@ -92,7 +92,7 @@ def test_cli_flags_override_the_config_files_executor(
 
 
 def test_the_executor_is_not_part_of_the_fingerprint(input_file: Path, tmp_path: Path) -> None:
-    from flows.curate import run_fingerprint
+    from pipeline.fingerprint import run_fingerprint
 
     local = config_for(input_file, tmp_path)
     dask = config_for(input_file, tmp_path, "executor.kind=dask", "executor.workers=2")

@@ -100,7 +100,7 @@ def published_fingerprint(out: Path, dataset: str) -> str:
 
 def expected_fingerprint(out: Path, config: Path | None = None) -> str:
     """The fingerprint ``python -m pipeline run`` would give the sample with ``config``."""
-    from flows.curate import run_fingerprint
+    from pipeline.fingerprint import run_fingerprint
     from pipeline.config import load_config
 
     cfg = load_config(config, inputs=[str(REPO / SAMPLE)], output=str(out), overrides=[QUICK])
