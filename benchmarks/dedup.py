@@ -1,4 +1,4 @@
-"""Near-duplicate detection: accuracy, speed and memory of ``pipeline.minhash`` against
+"""Near-duplicate detection: accuracy, speed and memory of ``pipeline.dedup.minhash`` against
 datasketch, on real documents with injected near-copies.
 
     python benchmarks/dedup.py                          # 150,000 docs + 10% near-copies
@@ -14,7 +14,7 @@ near-duplicates (licence texts, translated package descriptions, templated man p
 they count like the injected ones.
 
 Ground truth. Similarity is the exact Jaccard of the documents' 5-word shingle sets,
-shingled by ``pipeline.minhash.shingle`` for every system, so all are judged on the same
+shingled by ``pipeline.dedup.minhash.shingle`` for every system, so all are judged on the same
 sets. The true pairs (J >= ``--threshold``) are every injected pair plus every pair a
 separate low-threshold LSH sweep proposes (classic k-permutation MinHash with another
 seed, banding tuned for J = 0.5, buckets never truncated), all verified by exact
@@ -81,7 +81,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.corpus import CorpusError, load_corpus  # noqa: E402
 from benchmarks.machine import BUSY_CORES, CpuMeter, add_wait_idle_argument, wait_for_idle  # noqa: E402
-from pipeline import minhash  # noqa: E402
+from pipeline.dedup import minhash  # noqa: E402
 from pipeline.schema import CHANGED_BY, ROW_ID, DatasetInfo  # noqa: E402
 
 MIN_WORDS = 20

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline import minhash
 from pipeline.config import PipelineConfig
+from pipeline.dedup import minhash
+from pipeline.dedup.signatures import key_texts, minhash_columns, shingles_and_signatures
 from pipeline.readers import Reader
-from pipeline.stages.near_dedup import NearDedupConfig, NearDedupStage
+from pipeline.stages.near_dedup import NearDedupConfig
 
 REFERENCE_LSH_THRESHOLD = 0.5
 """Bands of the reference sweep: pairs at Jaccard 0.8 are missed with probability
@@ -91,16 +92,16 @@ def calibrate(config: PipelineConfig, sample_rows: int = 50_000, target_recall: 
     for dataset in config.datasets:
         cfg = config.stages_for(dataset).near_dedup
         reader = Reader(dataset, config.shard_rows)
-        stage = NearDedupStage(cfg, reader.info)
         parts, total = [], 0
         for shard in reader.shards():
             shard = shard.slice(0, sample_rows - total)
-            parts.append(stage.summarize(shard))
+            texts = key_texts(shard, reader.info, cfg.key)
+            parts.append(pa.table(minhash_columns(texts, cfg.shingles, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme)))
             total += shard.num_rows
             if total >= sample_rows:
                 break
         summary = pa.concat_tables(parts).combine_chunks()
-        sh, sigs = NearDedupStage.shingles_and_signatures(summary, cfg.num_perm)
+        sh, sigs = shingles_and_signatures(summary, cfg.num_perm)
         ref_bands, ref_rows = minhash.optimal_bands(REFERENCE_LSH_THRESHOLD, cfg.num_perm)
         ref = minhash.candidate_pairs(sigs, ref_bands, ref_rows, max_bucket_pairs=10**9)
         reference = minhash.unique(_pair_keys(ref[minhash.exact_jaccard(sh, ref) >= cfg.threshold], len(sh)))

@@ -1,4 +1,4 @@
-"""Tests of the MinHash engine (``pipeline.minhash``), checked against plain Python
+"""Tests of the MinHash engine (``pipeline.dedup.minhash``), checked against plain Python
 sets and against datasketch, the reference implementation."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline import minhash as mh
-from pipeline.minhash import (
+from pipeline.dedup import minhash as mh
+from pipeline.dedup.minhash import (
     EMPTY,
     Shingles,
     candidate_pairs,

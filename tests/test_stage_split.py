@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from pipeline import minhash
+from pipeline.dedup import minhash
 from pipeline.schema import DatasetInfo
 from pipeline.stages.base import stats_of
 from pipeline.stages.split import SplitConfig, SplitStage, deal_groups

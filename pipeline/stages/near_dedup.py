@@ -29,11 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from pipeline import minhash
+from pipeline.dedup import minhash
+from pipeline.dedup.signatures import key_texts, minhash_columns, shingles_and_signatures
 from pipeline.errors import PipelineError
-from pipeline.schema import ROW_ID, field_strings, joined_text
+from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
-from pipeline.stages.quality import overall_quality, quality_scores
+from pipeline.text.stats import overall_quality, quality_scores
 
 
 class NearDedupConfig(StageConfig):
@@ -54,7 +55,7 @@ class NearDedupConfig(StageConfig):
     keep: Literal["first", "longest", "newest", "quality"] = "first"
     """Which member of a cluster survives: the first in input order, the longest text,
     the largest ``newest_column`` value, or the cleanest by
-    :func:`pipeline.stages.quality.overall_quality` (ties: the first)."""
+    :func:`pipeline.text.stats.overall_quality` (ties: the first)."""
     newest_column: str | None = None
     """For ``keep: newest``: the column whose largest value survives."""
     memory_budget_mb: int = Field(4096, ge=16)
@@ -73,20 +74,6 @@ class NearDedupConfig(StageConfig):
         return self
 
 
-def minhash_columns(
-    texts: pa.Array, shingles: str, ngram: int, num_perm: int, seed: int, scheme: str
-) -> dict[str, pa.Array]:
-    """Summary columns ``shingles`` (sorted unique hashes) and ``signature`` of each
-    text, in the layout :meth:`NearDedupStage.shingles_and_signatures` reads back.
-    Shared with the ``split`` stage, which groups near copies the same way."""
-    sh = minhash.shingle(texts, n=ngram, kind=shingles)
-    sigs = minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme)
-    return {
-        "shingles": pa.ListArray.from_arrays(pa.array(sh.offsets, pa.int32()), pa.array(sh.values, pa.uint64())),
-        "signature": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), num_perm),
-    }
-
-
 class NearDedupStage(Stage):
     name = "near_dedup"
     report_name = "duplicates"
@@ -94,15 +81,9 @@ class NearDedupStage(Stage):
     config: NearDedupConfig
     is_global = True
 
-    def _texts(self, table: pa.Table) -> pa.Array:
-        key = self.config.key
-        if self.info.kind == "instruction" and key in ("prompt", "response") and key in self.info.roles:
-            return pc.fill_null(field_strings(table, key), "")
-        return joined_text(table, self.info)
-
     def summarize(self, table: pa.Table) -> pa.Table:
         cfg = self.config
-        texts = self._texts(table)
+        texts = key_texts(table, self.info, cfg.key)
         columns = {
             ROW_ID: table.column(ROW_ID),
             **minhash_columns(texts, cfg.shingles, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme),
@@ -120,13 +101,13 @@ class NearDedupStage(Stage):
         """Clusters of verified pairs; one row per member of every multi-row cluster.
 
         The shards' shingles and signatures are used where they lie (memory-mapped
-        summary files, see ``steps.read_arrow``), never concatenated: resident memory
+        summary files, see ``pipeline.files.read_arrow``), never concatenated: resident memory
         is what banding and clustering need per row, checked against
         ``memory_budget_mb`` first."""
         cfg = self.config
         n = sum(s.num_rows for s in summaries)
         self._check_memory(n)
-        parts = [self.shingles_and_signatures(s, cfg.num_perm) for s in summaries]
+        parts = [shingles_and_signatures(s, cfg.num_perm) for s in summaries]
         sh, sigs = [p[0] for p in parts], [p[1] for p in parts]
         found = minhash.find_duplicates(
             sh, sigs, threshold=cfg.threshold, bands=cfg.bands, rows=cfg.rows,
@@ -177,18 +158,6 @@ class NearDedupStage(Stage):
                 f"{need:,.0f} MB ({self.BYTES_PER_ROW} bytes per row, plus the candidate pairs): raise the budget "
                 "or run near_dedup on a machine with more memory"
             )
-
-    @staticmethod
-    def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.Shingles, np.ndarray]:
-        """The engine's arrays of one shard's summary, as views of its buffers (no
-        copy, so memory-mapped summaries stay file-backed)."""
-        if summary.num_rows == 0:
-            return minhash.Shingles(np.zeros(0, np.uint64), np.zeros(1, np.int64)), np.zeros((0, num_perm), np.uint32)
-        shingles = summary.column("shingles").combine_chunks()
-        offsets = np.asarray(shingles.offsets.to_numpy(), dtype=np.int64)
-        sh = minhash.Shingles(values=shingles.flatten().to_numpy(), offsets=offsets - offsets[0])
-        sigs = summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
-        return sh, sigs
 
     def _priority(self, summaries: list[pa.Table]) -> np.ndarray:
         """Row indices in keep order: the first of a cluster in this order survives."""

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from pipeline import minhash
+from pipeline.dedup import minhash
+from pipeline.dedup.signatures import minhash_columns, shingles_and_signatures
 from pipeline.schema import ROW_ID, SPLIT, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, no_removals, with_stats
-from pipeline.stages.near_dedup import NearDedupStage, minhash_columns
 
 SPLITS = ("train", "validation", "test")
 
@@ -125,7 +125,7 @@ class SplitStage(Stage):
 
         cfg = self.config
         n = sum(s.num_rows for s in summaries)
-        parts = [NearDedupStage.shingles_and_signatures(s, cfg.num_perm) for s in summaries]
+        parts = [shingles_and_signatures(s, cfg.num_perm) for s in summaries]
         found = minhash.find_duplicates(
             [p[0] for p in parts], [p[1] for p in parts], threshold=cfg.group_threshold, verify="exact"
         )

@@ -1,4 +1,4 @@
-"""Compiled inner loops of :mod:`pipeline.minhash` (numba, ``nopython`` mode).
+"""Compiled inner loops of :mod:`pipeline.dedup.minhash` (numba, ``nopython`` mode).
 
 Why compiled code here: near-deduplication is the pipeline's hot path, and the steps
 below are loops over each document's bytes, tokens, shingles or bins, or over each
@@ -17,7 +17,7 @@ compete with those, and numba's threading layers are either not thread-safe or n
 fork-safe. Compiled code is cached next to this module (``cache=True``), so only
 the first run on a machine pays the few seconds of compilation.
 
-Every hash function here matches its numpy counterpart in :mod:`pipeline.minhash`
+Every hash function here matches its numpy counterpart in :mod:`pipeline.dedup.minhash`
 (``_mix64``, ``_fmix32``, the constants) so results do not depend on which side
 computed them.
 """
@@ -33,7 +33,7 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 POLY = np.uint64(0xFF51AFD7ED558CCD)
 U32 = np.uint64(0xFFFFFFFF)
 """64-bit mixing constants (splitmix64 finaliser, golden ratio, polynomial base), shared
-with :mod:`pipeline.minhash`."""
+with :mod:`pipeline.dedup.minhash`."""
 EMPTY = np.uint32(0xFFFFFFFF)
 _MAX_VALUE = np.uint32(0xFFFFFFFE)
 _GOLDEN32 = np.uint64(0x9E3779B9)

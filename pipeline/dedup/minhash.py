@@ -25,7 +25,7 @@ The banding is tuned to a lower similarity than the verification threshold (see
 the exact check throws away the extra candidates it lets through (precision).
 
 Loops that are per document or per pair (tokens, n-gram sets, signatures, exact
-Jaccard) are compiled in :mod:`pipeline.minhash_kernels`; the rest is whole-array
+Jaccard) are compiled in :mod:`pipeline.dedup.kernels`; the rest is whole-array
 numpy and pyarrow.
 
 Memory stays bounded: shingling works through the texts in chunks, and shingles and
@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import minhash_kernels as kernels
+from pipeline.dedup import kernels
 
 __all__ = [
     "EMPTY",
@@ -318,7 +318,7 @@ def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word")
     about 8 MB so temporaries stay bounded.
 
     The per-document loops (tokens, n-gram hashes, per-document sort and dedup) are
-    compiled (:mod:`pipeline.minhash_kernels`).
+    compiled (:mod:`pipeline.dedup.kernels`).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -417,7 +417,7 @@ def signatures(
     the nearest non-empty bin to its right or left (a fixed seeded coin per bin),
     rehashed with the distance ("improved densification", Shrivastava & Li 2014).
     Cost is one hash per shingle plus O(num_perm) per document, independent of
-    ``num_perm`` per shingle; the loop is compiled (:mod:`pipeline.minhash_kernels`).
+    ``num_perm`` per shingle; the loop is compiled (:mod:`pipeline.dedup.kernels`).
 
     ``"kperm"``, classic MinHash: ``num_perm`` permutations ``a*h + b mod 2^32`` of the
     MurmurHash3-premixed low 32 bits of each shingle hash, exactly datasketch's
@@ -521,7 +521,7 @@ def estimate_jaccard(sigs: SignatureParts, pairs: np.ndarray) -> np.ndarray:
 def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle sets of each pair (``float64``; 0 when both are
     empty), by merging the two sorted lists of each pair in a compiled loop
-    (:func:`pipeline.minhash_kernels.jaccard`): linear in the two sets, no sort.
+    (:func:`pipeline.dedup.kernels.jaccard`): linear in the two sets, no sort.
     With several parts, pairs are grouped by the two parts they touch, so parts that
     are memory-mapped files are read a pair of parts at a time."""
     pairs = _as_pairs(pairs)
