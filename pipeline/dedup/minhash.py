@@ -39,9 +39,9 @@ Nothing here knows about Prefect or stages; ``pipeline.stages`` builds on it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
