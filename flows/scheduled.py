@@ -5,7 +5,8 @@ data a person can read and edit: the config file's path, inputs, output and ``--
 overrides, as ``python -m pipeline run`` takes them. The config is read when a run
 starts, not when the deployment is made, so a scheduled run picks up edits to the
 file. Each dataset is one ``curate`` subflow run, with its own state, logs and
-artifacts, on the config's executor (``pipeline.executors``) as ``run`` would use it.
+artifacts, on the config's executor (``pipeline.executors``): ``flows.run.run_datasets``,
+as ``python -m pipeline run`` runs them.
 
 Relative paths are taken from the run's working directory: the repository root for
 ``prefect.yaml``'s deployment (its worker changes there), the folder of
@@ -19,10 +20,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.curate import curate
-from pipeline import executors
+from flows.run import run_datasets
 from pipeline.config import load_config
-from pipeline.readers import Reader
 
 
 @flow(name="curate-datasets", log_prints=False)
@@ -36,16 +35,10 @@ def curate_datasets(
 
     ``output`` replaces the config's output folder; ``overrides`` are ``KEY=VALUE``
     strings as ``--set`` takes them. Returns one result per dataset, as ``curate``
-    gives it.
+    gives it. A missing file or unmapped column of the last dataset fails the run
+    before the first one is curated, as `python -m pipeline run` does (``flows.run``).
     """
     # Prefect forwards the pipeline's records only if the logger lets INFO through
     # (with PREFECT_LOGGING_EXTRA_LOGGERS=pipeline in the run's environment).
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    cfg = load_config(config, inputs=inputs, output=output, overrides=overrides or [])
-    for dataset in cfg.datasets:
-        # A missing file or unmapped column of the last dataset fails the run before
-        # the first one is curated, as `python -m pipeline run` does.
-        Reader(dataset, cfg.shard_rows)
-    payload = cfg.model_dump(mode="json")
-    with executors.executor(cfg.executor):
-        return [curate(config=payload, dataset=dataset.name) for dataset in cfg.datasets]
+    return run_datasets(load_config(config, inputs=inputs, output=output, overrides=overrides or []))

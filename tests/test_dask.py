@@ -72,7 +72,8 @@ def test_invalid_executor_section_names_the_key(
 def test_cli_flags_override_the_config_files_executor(
     input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from pipeline.cli import _executor_overrides, _parser
+    from pipeline.cli import _parser
+    from pipeline.cli.run import _executor_overrides
 
     def executor(*flags: str) -> ExecutorConfig:
         args = _parser().parse_args(["run", *flags])
