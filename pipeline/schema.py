@@ -4,6 +4,12 @@ Readers rename the user's columns to role names (``text``, ``label``, ``prompt``
 ``response``, ``messages``), so stages never hard-code a source column name. Two
 bookkeeping columns travel with every row: ``row_id`` (stable, unique) and
 ``changed_by`` (comma-separated names of the stages that rewrote the row).
+
+Conversations (Alpaca with history or a system prompt, ShareGPT, OpenAI ``messages``)
+all become one ``messages`` column of :data:`CONVERSATION_TYPE`, and the tool
+definitions a row offers become a ``tools`` column (JSON text). The message struct
+holds every field a trainer reads, so nothing of a message is lost between reading
+and publishing (see ``docs/architecture.md``, "The canonical table").
 """
 
 from __future__ import annotations
@@ -19,7 +25,34 @@ ROW_ID = "row_id"
 CHANGED_BY = "changed_by"
 ROLES = ("text", "label", "prompt", "response", "messages")
 TEXT_ROLES = ("text", "prompt", "response")
-MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+MESSAGE_FIELDS = (
+    pa.field("role", pa.string()),
+    pa.field("content", pa.string()),
+    pa.field("name", pa.string()),
+    pa.field("tool_calls", pa.string()),
+    pa.field("tool_call_id", pa.string()),
+    pa.field("weight", pa.float64()),
+    pa.field("source_role", pa.string()),
+    pa.field("extra", pa.string()),
+)
+"""One message of a conversation. ``role`` is the normalised role (``human`` is read as
+``user``); ``source_role`` the role as the source wrote it, when that differs.
+``tool_calls`` is the JSON text of the OpenAI-shaped list of calls
+(``[{"type": "function", "function": {"name", "arguments"}, ...}]``) and ``extra`` the
+JSON text of every other key of the source message: JSON text because their values mix
+types from row to row, which a Parquet column cannot hold."""
+CONVERSATION_TYPE = pa.list_(pa.struct(MESSAGE_FIELDS))
+"""What readers write for the ``messages`` role."""
+MESSAGE_TYPE = pa.list_(pa.struct(MESSAGE_FIELDS[:2]))
+"""The least a ``messages`` column holds: ``role`` and ``content``. Stages take any list
+of structs that has these two and keep its other fields as they are."""
+JSON_TEXT = {b"encoding": b"json"}
+"""Field metadata of a passed-through column stored as JSON text, because its values
+mix types (a number in one row, an object in the next): a reader of the Parquet, and
+``pipeline.export``, can tell it from a column of plain text."""
+TOOLS = "tools"
+"""The column of a conversation's tool definitions: JSON text, null when it has none.
+Not a role: no stage cleans it, and the ``missing`` stage never fills it."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +90,8 @@ def kind_of(roles: set[str] | tuple[str, ...]) -> str | None:
 
 
 def field_strings(table: pa.Table, field: str) -> pa.Array:
-    """The strings of a text field as one flat array (message contents for ``messages``)."""
+    """The strings of a text field as one flat array (message contents for ``messages``;
+    null for a message that holds only tool calls)."""
     column = table.column(field).combine_chunks()
     if field == "messages":
         return pc.struct_field(pc.list_flatten(column), "content")
@@ -65,16 +99,26 @@ def field_strings(table: pa.Table, field: str) -> pa.Array:
 
 
 def replace_field_strings(table: pa.Table, field: str, strings: pa.Array) -> pa.Table:
-    """Put back strings obtained from :func:`field_strings` after a transformation."""
+    """Put back strings obtained from :func:`field_strings` after a transformation.
+
+    For ``messages`` only each message's ``content`` is replaced: every other field of
+    the message struct (tool calls, names, weights, extras) is carried over as it was.
+    """
     idx = table.schema.get_field_index(field)
     if field != "messages":
         return table.set_column(idx, field, strings.cast(table.schema.field(field).type))
     column = table.column(field).combine_chunks()
     flat = pc.list_flatten(column)
-    roles = pc.struct_field(flat, "role")
-    structs = pa.StructArray.from_arrays([roles, strings.cast(pa.string())], names=["role", "content"])
-    rebuilt = pa.ListArray.from_arrays(column.offsets, structs, mask=column.is_null())
-    return table.set_column(idx, field, rebuilt.cast(MESSAGE_TYPE))
+    struct_type = flat.type
+    children = [
+        strings.cast(pa.string()) if struct_type.field(i).name == "content" else flat.field(i)
+        for i in range(struct_type.num_fields)
+    ]
+    structs = pa.StructArray.from_arrays(children, fields=list(struct_type), mask=flat.is_null())
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+    rebuilt = pa.ListArray.from_arrays(offsets, structs, mask=column.is_null())
+    return table.set_column(idx, table.schema.field(idx), rebuilt.cast(column.type))
 
 
 def row_changed(table: pa.Table, field: str, before: pa.Array, after: pa.Array) -> pa.Array:

@@ -12,6 +12,7 @@ import pytest
 from pipeline.inputs import ColumnsConfig, DatasetConfig
 from pipeline.errors import PipelineError
 from pipeline.readers import Reader
+from pipeline.schema import CONVERSATION_TYPE
 
 ROWS = [
     {"id": "a1", "text": "First row of text.", "label": "pos", "source": "web"},
@@ -97,11 +98,15 @@ def test_alpaca_columns_map_themselves_and_input_joins_the_prompt(tmp_path: Path
     assert out.column("response").to_pylist() == ["Short.", "Hi!"]
 
 
-def test_messages_are_read_as_role_content_lists(tmp_path: Path) -> None:
+def test_messages_are_read_as_the_canonical_message_struct(tmp_path: Path) -> None:
     rows = [{"messages": [{"content": "hi", "role": "user"}, {"role": "assistant", "content": "hello"}]}]
     reader, out = read([write_jsonl(tmp_path / "d.jsonl", rows)])
     assert reader.info.kind == "instruction" and reader.info.required == ("messages",)
-    assert out.column("messages").to_pylist() == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
+    assert out.schema.field("messages").type == CONVERSATION_TYPE
+    blank = dict.fromkeys(("name", "tool_calls", "tool_call_id", "weight", "source_role", "extra"))
+    assert out.column("messages").to_pylist() == [
+        [{"role": "user", "content": "hi", **blank}, {"role": "assistant", "content": "hello", **blank}]
+    ]
 
 
 def test_labels_of_later_files_take_the_first_files_type(tmp_path: Path) -> None:
@@ -132,7 +137,7 @@ def test_mapped_column_that_does_not_exist(tmp_path: Path) -> None:
 def test_text_column_of_numbers(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": [1, 2]}), path)
-    with pytest.raises(PipelineError, match=r"column for role 'text' holds int64, expected text"):
+    with pytest.raises(PipelineError, match=r"d\.parquet: column 'text' for role 'text' holds int64, expected text"):
         read([path])
 
 
@@ -142,10 +147,14 @@ def test_no_text_column(tmp_path: Path) -> None:
         read([path])
 
 
-def test_empty_id_is_named_with_its_row(tmp_path: Path) -> None:
+def test_empty_id_is_named_with_its_line(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "x"}, {"id": None, "text": "y"}])
-    with pytest.raises(PipelineError, match=r"d\.jsonl row 1: id column 'id' is empty"):
+    with pytest.raises(PipelineError, match=r"d\.jsonl line 2: id column 'id' is empty"):
         read([path])
+    table = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": ["a", None], "text": ["x", "y"]}), table)
+    with pytest.raises(PipelineError, match=r"d\.parquet row 2: id column 'id' is empty"):
+        read([table])
 
 
 def test_column_clashing_with_a_role(tmp_path: Path) -> None:
