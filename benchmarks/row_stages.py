@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 "with lang ID",
                 chain[:language_at] + [fasttext_stage] + chain[language_at:],
                 procs,
-                f"{names}, with language (fasttext, default config: keeps en only) "
+                f"{names}, with language (fasttext, default config: the languages of the data kept) "
                 + (f"after {chain[language_at - 1].name}" if language_at else "first"),
             )
         )

@@ -26,6 +26,7 @@ import pyarrow as pa
 from pipeline.config import PipelineConfig
 from pipeline.dedup import minhash
 from pipeline.dedup.signatures import key_texts, minhash_columns, shingles_and_signatures
+from pipeline.errors import PipelineError
 from pipeline.readers import Reader
 from pipeline.stages.near_dedup import NearDedupConfig
 
@@ -100,6 +101,8 @@ def calibrate(config: PipelineConfig, sample_rows: int = 50_000, target_recall: 
             total += shard.num_rows
             if total >= sample_rows:
                 break
+        if not total:
+            raise PipelineError(f"dataset {dataset.name}: the inputs hold no rows ({', '.join(dataset.inputs)})")
         summary = pa.concat_tables(parts).combine_chunks()
         sh, sigs = shingles_and_signatures(summary, cfg.num_perm)
         ref_bands, ref_rows = minhash.optimal_bands(REFERENCE_LSH_THRESHOLD, cfg.num_perm)

@@ -7,7 +7,8 @@ is predicted by the model of the one stratified fold it was held out of.
 
 Two feature sets, one classifier kind:
 
-``tfidf``       word 1-2 grams and ``char_wb`` 2-5 grams, TF-IDF with sublinear tf.
+``tfidf``       word 1-2 grams and ``char_wb`` 2-5 grams, TF-IDF with sublinear tf
+                (rows in CJK script: ``rjieba`` words and character 1-3 grams).
                 Characters catch what words miss in short, misspelt or non-English
                 rows. The vocabularies are fitted once over all rows: they see no
                 labels, so nothing about a held-out label leaks, and one fit costs a
@@ -50,8 +51,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.errors import PipelineError
+from pipeline.text.cjk import cjk_rows
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -184,23 +187,58 @@ def find_issues(labels: np.ndarray, probs: np.ndarray, *, filter_by: FilterBy = 
 
 def tfidf_features(texts: Sequence[str]) -> sp.csr_matrix:
     """Word 1-2 gram and ``char_wb`` 2-5 gram TF-IDF, side by side, each block L2
-    normalised and weighted ``1/sqrt(2)`` so a row has unit length overall."""
+    normalised and weighted ``1/sqrt(2)`` so a row has unit length overall.
+
+    Rows written mostly in CJK script (:func:`pipeline.text.cjk.cjk_rows`) have no
+    spaces between words, so the word block would see each clause as one word, seen
+    once: those rows are segmented into words with ``rjieba`` first (one-character
+    words kept, they carry meaning in Chinese), and their character block is plain
+    character 1-3 grams in a block of its own (``char_wb`` 2-5 grams of unspaced text
+    are mostly one-off phrases). Other rows get exactly the features above; a dataset
+    without CJK rows gets them byte for byte. Measured with 10% flipped labels: on
+    1,800 zh_CN manual paragraphs of sections 1, 5 and 8, out-of-sample accuracy rose
+    from 0.862 to 0.882, the share of true flips among the issues from 0.64 to 0.69
+    and the flips found from 0.87 to 0.90, in 1.4 s instead of 1.9 s; on 1,008
+    fortunes-zh records of three files accuracy stayed 0.998 and flips found fell
+    from 0.91 to 0.87 (precision 1.00 to 0.99)."""
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    cjk = cjk_rows(pa.array(list(texts), pa.large_string())) if len(texts) else np.zeros(0, bool)
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=MAX_FEATURES, sublinear_tf=True, dtype=np.float32)
+    chars = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=MAX_FEATURES, sublinear_tf=True, dtype=np.float32,
+    )
+    if not cjk.any():
+        inputs = [(words, texts), (chars, texts)]
+    else:
+        import rjieba
+
+        words.set_params(token_pattern=_WORD_OR_HAN)
+        segmented = [" ".join(rjieba.cut(t)) if c else t for t, c in zip(texts, cjk.tolist())]
+        cjk_chars = TfidfVectorizer(
+            analyzer="char", ngram_range=(1, 3), min_df=2, max_features=MAX_FEATURES, sublinear_tf=True,
+            dtype=np.float32,
+        )
+        inputs = [
+            (words, segmented),
+            (chars, ["" if c else t for t, c in zip(texts, cjk.tolist())]),
+            (cjk_chars, [t if c else "" for t, c in zip(texts, cjk.tolist())]),
+        ]
     blocks = []
-    for vectorizer in (
-        TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=MAX_FEATURES, sublinear_tf=True, dtype=np.float32),
-        TfidfVectorizer(
-            analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=MAX_FEATURES,
-            sublinear_tf=True, dtype=np.float32,
-        ),
-    ):
+    for vectorizer, docs in inputs:
         try:
-            blocks.append(vectorizer.fit_transform(texts))
+            blocks.append(vectorizer.fit_transform(docs))
         except ValueError:  # empty vocabulary: too few rows share a word or n-gram
             blocks.append(sp.csr_matrix((len(texts), 0), dtype=np.float32))
-    return sp.hstack(blocks, format="csr") * np.float32(1 / np.sqrt(len(blocks)))
+    # Every row has two non-empty blocks (words, and its script's characters).
+    return sp.hstack(blocks, format="csr") * np.float32(1 / np.sqrt(2))
+
+
+_WORD_OR_HAN = r"(?u)\b\w\w+\b|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+"""scikit-learn's default token pattern (words of two or more characters), plus single
+Han characters: a one-character Chinese word is a word. Text without Han characters
+tokenises exactly as with the default."""
 
 
 def sentence_embeddings(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:

@@ -52,3 +52,22 @@ def test_cli_prints_the_table_and_a_recommendation(tmp_path: Path, capsys: pytes
     assert main(["dedup-calibrate", "--input", str(write_corpus(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "40 pairs at Jaccard >= 0.8" in out and "recommended: --set stages.near_dedup.bands=" in out
+
+
+def test_a_header_only_csv_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,text\n")
+    assert main(["dedup-calibrate", "--input", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: dataset empty: the inputs hold no rows ({empty})"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--sample", "0"), ("--sample", "-5"), ("--target-recall", "7"), ("--target-recall", "0")]
+)
+def test_out_of_range_settings_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str
+) -> None:
+    assert main(["dedup-calibrate", "--input", str(write_corpus(tmp_path)), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag} {value}: expected ")

@@ -139,6 +139,42 @@ def test_char_shingles() -> None:
     assert set(one.doc(0).tolist()) <= set(one.doc(1).tolist())
 
 
+def test_character_tokens_are_the_packed_code_points_of_the_normalised_text() -> None:
+    # The compiled pass must give what normalise() then hashing each character's UTF-8
+    # bytes (little-endian, at most 4) gives: the reference, in plain Python.
+    from pipeline.dedup import kernels
+
+    texts = ["  Hello,  World! ", "中文，測試！\u3000好", "É ü\t𠀀x", "", None, "--", "a--b"]
+    offsets, raw = mh._fold_unicode(pa.array(texts))
+    hashes, tok_offsets = kernels.char_hashes(raw, offsets, mh._ASCII_FOLD)
+    for i, text in enumerate(mh.normalise(pa.array(texts)).to_pylist()):
+        packed = np.array([int.from_bytes(c.encode(), "little") for c in text or ""], np.uint64)
+        expected = mh._mix64(packed + mh._GOLDEN)
+        assert hashes[tok_offsets[i] : tok_offsets[i + 1]].tolist() == expected.tolist(), text
+
+
+def test_auto_shingles_each_row_as_its_own_kind_would() -> None:
+    texts = pa.array(
+        [
+            "The quick brown fox jumps over the lazy dog",
+            "这是一个中文句子，没有空格。",
+            None,
+            "Mixed 中文 and English words here",
+        ]
+    )
+    auto = shingle(texts, n=3, kind="auto", char_rows=np.array([False, True, False, True]))
+    words, chars = shingle(texts, n=3, kind="word"), shingle(texts, n=3, kind="char")
+    for i, source in enumerate([words, chars, words, chars]):
+        assert auto.doc(i).tolist() == source.doc(i).tolist()
+    # By default the rows are split by pipeline.text.fold.cjk_rows: row 1 only is CJK.
+    assert (
+        shingle(texts, n=3, kind="auto").values.tolist()
+        == shingle(texts, n=3, kind="auto", char_rows=np.array([False, True, False, False])).values.tolist()
+    )
+    with pytest.raises(ValueError, match="char_rows has 2 entries for 4 texts"):
+        shingle(texts, n=3, kind="auto", char_rows=np.array([True, False]))
+
+
 def test_shingle_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(2)
     texts = pa.array([sentence(rng, rng.randrange(0, 20)) for _ in range(50)])

@@ -323,6 +323,43 @@ def test_a_missing_wordnet_is_a_clear_error_unless_no_operation_needs_it(tmp_pat
     assert {r["augment_ops"] for r in augmented([out])} <= {"swap", "delete"}
 
 
+def test_without_wordnet_the_other_operations_make_the_copies_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = tmp_path / "empty"
+    nowhere.mkdir()
+    monkeypatch.setenv(wordnet.ENV_VAR, str(nowhere))
+    rows = table([sentence(i) for i in range(8)])
+    with caplog.at_level("WARNING", logger="pipeline"):
+        state, [out] = run([rows], copies_per_row=3)
+    why = f"no WordNet found in {nowhere} (no index.noun there)"
+    stats = stats_of(state)
+    assert stats["operations"] == ["swap", "delete"] and stats["thesaurus"] is None
+    assert stats["skipped"] == {"synonym": why, "insert": why}
+    made = augmented([out])
+    assert len(made) == 24 and {r["augment_ops"] for r in made} == {"swap", "delete"}
+    sources = {f"r{i}": sentence(i) for i in range(8)}
+    for r in made:  # only words of the source row, none from a thesaurus
+        assert set(tokens(r["text"])) <= set(tokens(sources[r["source_row_id"]]))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = f"augment: {why}: the synonym and insert operations are skipped, copies are made by swap, delete"
+    assert warning.startswith(expected)
+
+    # Nothing left to do without WordNet: one clear line.
+    only_synonyms = r"^stages.augment: every enabled operation \(synonym\) needs WordNet, and no WordNet found"
+    with pytest.raises(PipelineError, match=only_synonyms):
+        run([rows], copies_per_row=1, insert_rate=0, swap_rate=0, delete_rate=0)
+
+
+def test_with_wordnet_the_figures_name_it_and_skip_nothing() -> None:
+    state, _ = run([table([sentence(i) for i in range(8)])], copies_per_row=3)
+    stats = stats_of(state)
+    assert stats["operations"] == ["synonym", "insert", "swap", "delete"]
+    assert stats["thesaurus"] == wordnet.DEFAULT_DIR and stats["skipped"] == {}
+    state, _ = run([table([sentence(0)])], copies_per_row=1, synonym_rate=0, insert_rate=0, shuffle_sentences=0.5)
+    assert stats_of(state)["operations"] == ["swap", "delete", "shuffle"] and stats_of(state)["thesaurus"] is None
+
+
 def test_config_and_dataset_checks() -> None:
     assert AugmentConfig().enabled is False
     with pytest.raises(ValidationError, match="set copies_per_row > 0 or balance"):

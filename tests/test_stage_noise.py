@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.schema import MESSAGE_TYPE, DatasetInfo
-from pipeline.stages.noise import BUILTIN_RULES, NoiseConfig, NoiseStage
+from pipeline.stages.noise import BUILTIN_RULES, NoiseConfig, NoiseStage, resident_id_is_valid
 from pipeline.stages.registry import stage_class
 
 TEXT = DatasetInfo("text", ("text",))
@@ -293,7 +293,10 @@ def test_counters_per_rule_and_changed_rows():
         "html_entities": 1,
         "urls": 1,
         "emails": 2,
+        "resident_ids": 0,
         "phones": 1,
+        "phones_cn": 0,
+        "phones_tw": 0,
         "boilerplate": 1,
         "repeated_punctuation": 1,
     }
@@ -452,3 +455,66 @@ def test_chat_messages_are_cleaned_per_message():
     assert out.kept.column("changed_by").to_pylist() == ["noise", "", "", ""]
     assert out.counters["emails"] == 1
     assert out.counters["boilerplate"] == 1
+
+
+# --- Chinese phone and resident ID numbers ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "text", "expected"),
+    [
+        ("phones_cn", "请拨打13812345678联系", "请拨打<PHONE>联系"),
+        ("phones_cn", "手机：138-1234-5678，或 138 1234 5678。", "手机：<PHONE>，或 <PHONE>。"),
+        ("phones_cn", "座机010-12345678，深圳(0755) 1234567。", "座机<PHONE>，深圳<PHONE>。"),
+        ("phones_tw", "手機 0912-345-678 或 0912 345 678 或 0912345678。", "手機 <PHONE> 或 <PHONE> 或 <PHONE>。"),
+        ("phones_tw", "台北電話 (02) 2345-6789，台中 04-2234-5678。", "台北電話 <PHONE>，台中 <PHONE>。"),
+    ],
+)
+def test_chinese_national_phone_numbers_are_masked(rule, text, expected):
+    out = run([text], **only(rule))
+    assert out.kept.column("text")[0].as_py() == expected
+    assert out.counters[rule] == expected.count("<PHONE>")
+
+
+def test_numbers_with_a_country_code_stay_with_phones():
+    text = "大陆 +86 138 1234 5678，台湾 +886 912 345 678，香港 +852 9123 4567。"
+    out = run([text])
+    assert out.kept.column("text")[0].as_py() == "大陆 <PHONE>，台湾 <PHONE>，香港 <PHONE>。"
+    assert (out.counters["phones"], out.counters["phones_cn"], out.counters["phones_tw"]) == (3, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "共有 1381234567 人，收入 2021 年 12345678 元。",  # ten digits; a bare eight-digit amount
+        "订单号 138123456789 已发货。",  # twelve digits
+        "Order 13812345678 shipped to 010-12345678.",  # Latin text: national formats are not looked for
+    ],
+)
+def test_chinese_phone_rules_leave_other_numbers_alone(text):
+    out = run([text])
+    assert out.kept.column("text")[0].as_py() == text
+    assert out.counters["phones_cn"] == out.counters["phones_tw"] == 0
+
+
+def test_resident_ids_are_masked_only_when_the_check_digit_is_right():
+    assert resident_id_is_valid("11010519491231002X") and resident_id_is_valid("110101199003074514")
+    assert not resident_id_is_valid("110101199003074515")
+    text = "身份证号11010519491231002x，错号11010519491231002Y，另一个110101199003074514。ID 110101199003074514."
+    out = run([text], **only("resident_ids"))
+    assert out.kept.column("text")[0].as_py() == "身份证号<ID>，错号11010519491231002Y，另一个<ID>。ID <ID>."
+    assert out.counters["resident_ids"] == 3
+
+
+def test_resident_ids_leave_other_long_numbers_alone():
+    texts = [
+        "序列号 110101199013074514",  # month 13
+        "编号 9101011990030745141",  # nineteen digits
+        "110101199003074514a",  # part of a longer token
+    ]
+    out = run(texts, **only("resident_ids"))
+    assert out.kept.column("text").to_pylist() == texts and out.counters["resident_ids"] == 0
+
+
+def test_id_placeholder_is_configurable():
+    assert clean("证件 110101199003074514", id_placeholder="[身份证]") == "证件 [身份证]"

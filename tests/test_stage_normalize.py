@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
+from pydantic import ValidationError
 
 from pipeline.schema import MESSAGE_TYPE, DatasetInfo
 from pipeline.stages.normalize import NormalizeConfig, NormalizeStage
@@ -97,3 +99,65 @@ def test_correct_typography_does_not_go_through_ftfy(monkeypatch) -> None:
     monkeypatch.setattr(normalize.ftfy, "fix_text", lambda text, config=None: seen.append(text) or real(text, config))
     run(canonical(text=["“Quoted” — déjà vu, naïve São Paulo", "â€œbrokenâ€\x9d"]))
     assert seen == ["â€œbrokenâ€\x9d"]
+
+
+# --- CJK text, terminal escapes, script conversion --------------------------------------
+
+CJK_PUNCTUATION = "你好，世界。（测试）！？：；「」『』、……"
+
+
+def test_cjk_punctuation_survives_byte_for_byte_and_full_width_letters_and_digits_fold() -> None:
+    out = run(canonical(text=[CJK_PUNCTUATION + "ＡＢＣ１２３ｘ", "Ｌａｔｉｎ：quoted 你好，世界"]))
+    assert out.kept.column("text").to_pylist() == [CJK_PUNCTUATION + "ABC123x", "Latin：quoted 你好，世界"]
+    assert out.counters["unicode_repaired"] == 2
+
+
+def test_full_width_text_without_cjk_characters_folds_as_before() -> None:
+    # No CJK character: full-width punctuation there is a width artefact, folded by ftfy.
+    out = run(canonical(text=["ＬＯＵＤ　ＮＯＩＳＥＳ！（ｏｋ）"]))
+    assert out.kept.column("text").to_pylist() == ["LOUD NOISES!(ok)"]
+
+
+def test_mojibake_in_a_chinese_row_is_repaired_and_its_punctuation_kept() -> None:
+    broken = "你好，世界。".encode().decode("cp1252", errors="replace")
+    assert "�" not in broken  # every byte of this string decodes in cp1252
+    out = run(canonical(text=[broken]))
+    assert out.kept.column("text").to_pylist() == ["你好，世界。"]
+
+
+def test_terminal_escapes_are_removed_whole_and_counted() -> None:
+    texts = [
+        "\x1b[33m    -- Debian \x1b[32m《行为准则》\x1b[m第一条\x1b[m",
+        "plain \x1b[1mbold\x1b[22m ascii",  # ASCII rows skip ftfy: the escape went, "[1m" stayed
+        "a\x1b[;\x1b[34;1mm来b",  # broken and nested, as in the Chinese fortunes
+        "title\x1b]0;window\x07 and cursor\x1b[?25l moves\x1b(B",
+    ]
+    out = run(canonical(text=texts))
+    assert out.kept.column("text").to_pylist() == [
+        "-- Debian 《行为准则》第一条",
+        "plain bold ascii",
+        "a来b",
+        "title and cursor moves",
+    ]
+    assert out.counters["terminal_escapes"] == 11
+
+
+def test_escapes_stay_when_control_characters_are_kept() -> None:
+    text = "plain \x1b[1mbold\x1b[22m ascii"
+    out = run(canonical(text=[text]), strip_control=False)
+    assert out.kept.column("text").to_pylist() == [text] and "terminal_escapes" not in out.counters
+
+
+def test_script_converts_chinese_with_opencc_and_leaves_the_rest() -> None:
+    texts = ["漢字，這是測試。後來", "汉字，这是测试。后来", "No Chinese here.", None]
+    simplified = run(canonical(text=texts), script="simplified")
+    assert simplified.kept.column("text").to_pylist() == ["汉字，这是测试。后来", *texts[1:]]
+    assert simplified.kept.column("changed_by").to_pylist() == ["normalize", "", "", ""]
+    traditional = run(canonical(text=texts), script="traditional")
+    assert traditional.kept.column("text").to_pylist() == ["漢字，這是測試。後來", "漢字，這是測試。後來", *texts[2:]]
+
+
+def test_script_is_off_by_default_and_validated() -> None:
+    assert run(canonical(text=["漢字"])).kept.column("text").to_pylist() == ["漢字"]
+    with pytest.raises(ValidationError, match="'simplified' or 'traditional'"):
+        NormalizeConfig(script="klingon")

@@ -4,6 +4,7 @@ tests/test_text_stats.py), what ordinary fine-tuning rows keep, gates, reasons a
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pytest
@@ -75,6 +76,12 @@ FAILING = {
     "repeated_2grams": (PHRASE_REPEATS[2], {}),
     "repeated_3grams": (PHRASE_REPEATS[3], {}),
     "repeated_4grams": (PHRASE_REPEATS[4], {}),
+    # CJK rows
+    "too_few_chars": ("好的。", {}),
+    "too_many_chars": ("北京是中华人民共和国的首都，也是全国的政治中心和文化中心。", {"max_chars": 20}),
+    # Five CJK characters in a box of rules: a CJK row, but 5 % of its characters are CJK.
+    "too_few_cjk_chars": ("软件包列表\n┌" + "─" * 40 + "┐\n└" + "─" * 40 + "┘", {}),
+    "repeated_char_ngrams": ("哈" * 30, {}),
 }
 
 
@@ -252,7 +259,7 @@ def test_normal_german_chinese_and_japanese_text_is_kept() -> None:
 
 def test_unspaced_scripts_are_judged_by_character_ngrams() -> None:
     out = run(canonical(text=["我我我我我我我我我我我我我我我我我我我我我我", CHINESE]))
-    assert out.removed.column("reason").to_pylist() == ["quality:repeated_2grams"]
+    assert out.removed.column("reason").to_pylist() == ["quality:repeated_char_ngrams"]
 
 
 # --- wiring -------------------------------------------------------------------------------
@@ -266,3 +273,25 @@ def test_registry_and_config() -> None:
     with pytest.raises(ValidationError):
         QualityConfig(max_top_2gram_share=-0.1)
     assert QualityConfig(max_dup_line_share=None).max_dup_line_share is None
+
+
+def test_ascii_punctuation_in_chinese_rows_is_no_word() -> None:
+    # Spaced ASCII marks between Chinese characters once made one-letter "words" here
+    # (mean word length 1.0: quality:words_too_short); they are no words at all now.
+    text = "你好 , 世界 . 今天天气很好 , 我们去公园散步吧 ! 好的 : 走吧 ."
+    out = run(canonical(text=[text]))
+    assert out.removed.num_rows == 0
+    assert out.scores.column("word_count").to_pylist() == [len(re.findall(r"[\u4e00-\u9fff]", text))]
+    assert out.scores.column("char_count").to_pylist() == [len(text.replace(" ", ""))]
+
+
+def test_cjk_and_spaced_rows_are_judged_by_their_own_checks() -> None:
+    # Each row fails only the checks of its own script, whatever shares the shard with it.
+    rows = ["好的。", "Hi there", "Paris.", "北京"]
+    out = run(canonical(text=rows), min_chars=3)
+    assert out.removed.column("reason").to_pylist() == [
+        "quality:too_few_words",
+        "quality:too_few_words",
+        "quality:too_few_chars",
+    ]
+    assert out.kept.column("text").to_pylist() == ["好的。"]

@@ -55,6 +55,8 @@ def reference(text: str | None) -> dict[str, float]:
             count, length = max((c, sum(map(len, g))) for g, c in grams.items())
             share = min(1.0, count * length / chars) if count > 1 else 0.0
         out[f"top_{size}gram_share"] = share
+    # Rows in Latin script: not CJK, so only their characters are counted.
+    out.update(cjk=False, char_count=chars, cjk_char_share=math.nan, char_rep_ratio=math.nan)
     return out
 
 
@@ -206,14 +208,22 @@ def test_german_words_are_counted_by_characters_not_bytes() -> None:
 
 
 def test_unspaced_scripts_count_one_word_per_character() -> None:
-    # Chinese has no spaces: each character (punctuation included) is a word, the
-    # n-grams are character n-grams, and the mean word length is left null (it would
-    # only measure the script, not the text).
-    got = scores_of("我今天去商店。", "我今天去商店。 Hello world", "我我我我我我我我我我我我我我我我我我我我我我")
-    assert got["word_count"] == [7, 9, 22]
+    # Chinese has no spaces: each character is a word, the n-grams are character
+    # n-grams, and the mean word length is left null (it would only measure the
+    # script, not the text). Punctuation is no word: neither "。" nor the ASCII ","
+    # that stands alone between two Chinese characters.
+    got = scores_of("我今天去商店。", "我今天去商店, Hello world", "我我我我我我我我我我我我我我我我我我我我我我")
+    assert got["word_count"] == [6, 8, 22]
     assert math.isnan(got["mean_word_length"][0])
     assert got["mean_word_length"][1] == pytest.approx(5.0)  # only the spaced words
-    assert got["alpha_word_share"][0] == pytest.approx(6 / 7)  # "。" holds no letter
+    assert got["alpha_word_share"][0] == 1.0
+    assert got["cjk"] == [True, True, True]
+
+
+def test_thai_punctuation_still_counts_as_words() -> None:
+    # Only CJK rows lose their punctuation words; other rows keep today's scores.
+    # 4 + 3 letters (with their combining marks), and "!".
+    assert scores_of("สวัสดี ครับ !")["word_count"] == [8]
 
 
 def test_thai_combining_marks_stay_with_their_letter() -> None:
@@ -222,3 +232,38 @@ def test_thai_combining_marks_stay_with_their_letter() -> None:
     assert got["word_count"] == [2]
     assert got["alpha_word_share"] == [1.0]
 
+
+# --- CJK rows ----------------------------------------------------------------------------
+
+
+def char_rep_reference(text: str, n: int = 10) -> float:
+    """data-juicer's character repetition ratio, the obvious way (whitespace removed)."""
+    text = "".join(text.split())
+    grams = Counter(text[i : i + n] for i in range(len(text) - n + 1))
+    freqs = sorted(grams.values(), reverse=True)
+    top = min(int(math.sqrt(len(freqs))), sum(f > 1 for f in freqs))
+    return sum(freqs[:top]) / sum(freqs) if freqs else 0.0
+
+
+def test_char_rep_ratio_matches_data_juicers_definition() -> None:
+    rng = random.Random(7)
+    pieces = ["北京", "上海", "天气", "很好", "我们", "，", "。", "今天", "abc", " ", "\n", "哈哈哈哈"]
+    texts = [
+        "".join(rng.choice(pieces[: rng.randint(2, len(pieces))]) for _ in range(rng.randint(0, 80)))
+        for _ in range(300)
+    ]
+    texts = ["中文" + t for t in texts]  # every row is CJK
+    got = quality_scores(pa.array(texts, pa.string()))
+    assert got["cjk"].all()
+    for text, ratio in zip(texts, got["char_rep_ratio"]):
+        assert ratio == pytest.approx(char_rep_reference(text)), text
+
+
+def test_cjk_rows_are_measured_by_characters() -> None:
+    got = scores_of("北京是首都，也是文化中心。", "Beijing is the capital.", "表格 ┌──────┐", "哈" * 30)
+    assert got["cjk"] == [True, False, True, True]
+    assert got["char_count"] == [13, 20, 10, 30]  # whitespace aside, punctuation included
+    assert got["cjk_char_share"][0] == pytest.approx(11 / 13)
+    assert math.isnan(got["cjk_char_share"][1]) and math.isnan(got["char_rep_ratio"][1])
+    assert got["cjk_char_share"][2] == pytest.approx(2 / 10)
+    assert got["char_rep_ratio"][0] == 0.0 and got["char_rep_ratio"][3] == 1.0

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from pipeline.cli.common import add_config_arguments
+from pipeline.errors import PipelineError
 
 
 def add_parsers(sub: Any) -> None:
@@ -26,6 +27,10 @@ def dedup_calibrate(args: argparse.Namespace) -> int:
     from pipeline.calibrate import calibrate
     from pipeline.config import load_config
 
+    if args.sample < 1:
+        raise PipelineError(f"--sample {args.sample}: expected a number of rows, 1 or more")
+    if not 0 < args.target_recall <= 1:
+        raise PipelineError(f"--target-recall {args.target_recall:g}: expected a share above 0, at most 1 (e.g. 0.99)")
     config = load_config(args.config, inputs=args.input, overrides=args.overrides)
     console = Console()
     for cal in calibrate(config, sample_rows=args.sample, target_recall=args.target_recall):

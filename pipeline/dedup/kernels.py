@@ -232,3 +232,131 @@ def jaccard(
         if union > 0:
             out[p] = shared / union
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def script_counts(
+    data: np.ndarray, offsets: np.ndarray, ranges: np.ndarray, not_letters: np.ndarray, ascii_alnum: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per document of UTF-8 ``data``: (characters in the code point ``ranges``, a lower
+    bound and an upper bound of its letters and digits), one pass over the bytes.
+
+    The lower bound counts Han ideographs (U+4E00-9FFF) and ASCII letters and digits
+    (``ascii_alnum``, a 256-entry table); the upper bound is every character but ASCII
+    others and the code points in ``not_letters``. Used by
+    :func:`pipeline.text.cjk.cjk_rows` to decide most rows without a Unicode regex."""
+    n = len(offsets) - 1
+    cjk = np.zeros(n, np.int64)
+    least = np.zeros(n, np.int64)
+    most = np.zeros(n, np.int64)
+    for d in range(n):
+        i, end = offsets[d], offsets[d + 1]
+        c = 0
+        lo = 0
+        hi = 0
+        while i < end:
+            b = data[i]
+            if b < 0x80:
+                if ascii_alnum[b]:
+                    lo += 1
+                    hi += 1
+                i += 1
+                continue
+            if b < 0xE0:  # 2-byte character (or a stray continuation byte): never CJK
+                hi += 1
+                i += 2 if b >= 0xC0 else 1
+                continue
+            if b < 0xF0:
+                cp = ((b & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F) if i + 2 < end else -1
+                step = 3
+            else:
+                cp = (
+                    ((b & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F)
+                    if i + 3 < end
+                    else -1
+                )
+                step = 4
+            i += step
+            hi += 1
+            for r in range(len(ranges)):
+                if ranges[r, 0] <= cp <= ranges[r, 1]:
+                    c += 1
+                    break
+            if 0x4E00 <= cp <= 0x9FFF:
+                lo += 1
+            for r in range(len(not_letters)):
+                if not_letters[r, 0] <= cp <= not_letters[r, 1]:
+                    hi -= 1
+                    break
+        cjk[d] = c
+        least[d] = lo
+        most[d] = hi
+    return cjk, least, most
+
+
+@numba.njit(cache=True, nogil=True)
+def char_hashes(raw: np.ndarray, offsets: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(character hashes, character offsets per document) of UTF-8 bytes, each byte first
+    mapped through the 256-entry table ``fold`` (ASCII case folded, other ASCII to a
+    space, bytes >= 0x80 unchanged), with runs of spaces collapsed to one and spaces at
+    either end of a document dropped: the characters of ``minhash.normalise``'s text, in
+    one pass (the numpy version, ``normalise`` then packing and hashing, took twice as
+    long on Chinese and English text alike). A character's UTF-8 bytes are packed
+    little-endian into one integer and mixed (``mix64(packed + GOLDEN)``), so characters
+    are compared as characters, not bytes."""
+    n = len(offsets) - 1
+    tok_offsets = np.zeros(n + 1, np.int64)
+    for d in range(n):
+        count = 0
+        pending = False
+        for i in range(offsets[d], offsets[d + 1]):
+            b = fold[raw[i]]
+            if b == 0x20:
+                pending = count > 0
+            elif (b & 0xC0) != 0x80:  # a character starts here
+                count += 1 + pending
+                pending = False
+        tok_offsets[d + 1] = tok_offsets[d] + count
+    out = np.empty(tok_offsets[n], np.uint64)
+    for d in range(n):
+        w = tok_offsets[d] - 1
+        pending = False
+        shift = np.uint64(0)
+        for i in range(offsets[d], offsets[d + 1]):
+            b = fold[raw[i]]
+            if b == 0x20:
+                pending = w >= tok_offsets[d]
+                continue
+            if (b & 0xC0) == 0x80:  # continuation byte of the current character
+                shift += np.uint64(8)
+                out[w] = out[w] | (np.uint64(b) << shift)
+                continue
+            if pending:
+                w += 1
+                out[w] = np.uint64(0x20)
+                pending = False
+            w += 1
+            out[w] = np.uint64(b)
+            shift = np.uint64(0)
+        for t in range(tok_offsets[d], tok_offsets[d + 1]):
+            out[t] = _mix64(out[t] + GOLDEN)
+    return out, tok_offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def matching_positions(sigs_a: np.ndarray, sigs_b: np.ndarray, pairs: np.ndarray, empty: np.uint32) -> np.ndarray:
+    """For each pair, how many signature positions of row ``pairs[p, 0]`` of A and row
+    ``pairs[p, 1]`` of B are equal and not ``empty``: the MinHash estimate's numerator,
+    without the two gathered rows per pair that numpy needs (that gather was most of
+    filtering a few hundred million candidates)."""
+    out = np.empty(len(pairs), np.int64)
+    k = sigs_a.shape[1]
+    for p in range(len(pairs)):
+        i, j = pairs[p, 0], pairs[p, 1]
+        same = 0
+        for c in range(k):
+            v = sigs_a[i, c]
+            if v == sigs_b[j, c] and v != empty:
+                same += 1
+        out[p] = same
+    return out

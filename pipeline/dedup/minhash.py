@@ -39,7 +39,7 @@ Nothing here knows about Prefect or stages; ``pipeline.stages`` builds on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.dedup import kernels
+from pipeline.text.cjk import cjk_rows
 
 __all__ = [
     "EMPTY",
@@ -269,28 +270,6 @@ class Shingles:
         return Shingles(values, offsets)
 
 
-def _char_tokens(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(character hashes, character offsets per document) of normalised UTF-8 text.
-
-    A code point's UTF-8 bytes (at most 4) are packed into one integer and mixed, so
-    characters are compared as characters, not bytes.
-    """
-    n = len(offsets) - 1
-    if len(data) == 0:
-        return np.zeros(0, np.uint64), np.zeros(n + 1, np.int64)
-    lead = (data & 0xC0) != 0x80
-    starts = np.flatnonzero(lead)
-    if lead.all():  # pure ASCII: one byte per character
-        packed = data.astype(np.uint64)
-    else:
-        char_id = np.cumsum(lead) - 1
-        shift = ((np.arange(len(data), dtype=np.int64) - starts[char_id]) * 8).astype(np.uint64)
-        packed = np.bitwise_or.reduceat(data.astype(np.uint64) << shift, starts)
-    hashes = _mix64(packed + _GOLDEN)
-    tok_offsets = np.searchsorted(starts, offsets, side="left").astype(np.int64)
-    return hashes, tok_offsets
-
-
 def _doc_chunks(offsets: np.ndarray, max_values: int, max_docs: int | None = None) -> list[tuple[int, int]]:
     """Consecutive document ranges holding at most ``max_values`` values (and
     ``max_docs`` documents) each; a larger document gets a range to itself."""
@@ -307,12 +286,20 @@ def _doc_chunks(offsets: np.ndarray, max_values: int, max_docs: int | None = Non
     return out
 
 
-def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word") -> Shingles:
+def shingle(
+    texts: pa.Array,
+    n: int = 5,
+    kind: Literal["auto", "word", "char"] = "word",
+    char_rows: np.ndarray | None = None,
+) -> Shingles:
     """The distinct hashed n-grams of each normalised text (see :func:`normalise`).
 
     ``kind="word"``: n consecutive words; ``kind="char"``: n consecutive characters
     (spaces included), which suits text without spaces between words (Chinese,
-    Japanese) and very short texts. A text with fewer than ``n`` tokens gets one
+    Japanese) and very short texts; ``kind="auto"``: characters for the rows in
+    ``char_rows`` (a boolean mask; default the rows written mostly in CJK script,
+    :func:`pipeline.text.cjk.cjk_rows`) and words for the others, each row shingled
+    exactly as the one kind would shingle it. A text with fewer than ``n`` tokens gets one
     shingle of all its tokens (so short texts can still match exact copies of
     themselves); an empty or null text gets none. Texts are processed in chunks of at
     about 8 MB so temporaries stay bounded.
@@ -322,23 +309,59 @@ def shingle(texts: pa.Array, n: int = 5, kind: Literal["word", "char"] = "word")
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if kind not in ("word", "char"):
-        raise ValueError(f"kind must be 'word' or 'char', got {kind!r}")
+    if kind not in ("auto", "word", "char"):
+        raise ValueError(f"kind must be 'auto', 'word' or 'char', got {kind!r}")
     texts = _as_string_array(texts)
+    if kind == "auto":
+        char_rows = cjk_rows(texts) if char_rows is None else np.asarray(char_rows, bool)
+        if len(char_rows) != len(texts):
+            raise ValueError(f"char_rows has {len(char_rows)} entries for {len(texts)} texts")
     text_offsets, _ = _string_buffers(texts)
     parts = []
     for lo, hi in _doc_chunks(text_offsets, _CHUNK_BYTES):
         chunk = texts.slice(lo, hi - lo)
-        if kind == "word":
-            offsets, raw = _fold_unicode(chunk)
-            tokens, tok_offsets = kernels.word_hashes(raw, offsets, _ASCII_FOLD_ZERO)
+        if kind == "auto":
+            tokens, tok_offsets = _mixed_tokens(chunk, char_rows[lo:hi])
         else:
-            tokens, tok_offsets = _char_tokens(*_string_buffers(pc.fill_null(normalise(chunk), "")))
+            tokens, tok_offsets = _tokens(chunk, kind)
         values, offsets = kernels.ngram_sets(tokens, tok_offsets, n, 64 - HASH_BITS)
         parts.append(Shingles(values, offsets))
     if not parts:
         return Shingles(np.zeros(0, np.uint64), np.zeros(len(texts) + 1, np.int64))
     return Shingles.concat(parts)
+
+
+def _tokens(chunk: pa.Array, kind: Literal["word", "char"]) -> tuple[np.ndarray, np.ndarray]:
+    """(token hashes, token offsets per document) of a chunk of texts: words, or the
+    characters of the normalised text."""
+    offsets, raw = _fold_unicode(chunk)
+    if kind == "word":
+        return kernels.word_hashes(raw, offsets, _ASCII_FOLD_ZERO)
+    # The characters of normalise()'s text, hashed in one compiled pass.
+    return kernels.char_hashes(raw, offsets, _ASCII_FOLD)
+
+
+def _mixed_tokens(chunk: pa.Array, char_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_tokens` of each document by its own kind: characters for ``char_rows``,
+    words for the rest. The chunk is tokenised by the kind most of its rows need, only
+    the other rows are copied out and tokenised again, and their tokens replace the
+    first pass's; per chunk, so the arrays merged stay a few MB."""
+    minority = char_rows if 2 * int(char_rows.sum()) <= len(chunk) else ~char_rows
+    base_kind, other_kind = ("word", "char") if minority is char_rows else ("char", "word")
+    tokens, offsets = _tokens(chunk, base_kind)
+    if not minority.any():
+        return tokens, offsets
+    other, other_offsets = _tokens(chunk.take(pa.array(np.flatnonzero(minority))), other_kind)
+    sizes = np.diff(offsets)
+    sizes[minority] = np.diff(other_offsets)
+    merged_offsets = np.zeros(len(chunk) + 1, np.int64)
+    np.cumsum(sizes, out=merged_offsets[1:])
+    # Documents keep their order in both passes, so boolean masks place each pass's tokens.
+    merged = np.empty(int(merged_offsets[-1]), np.uint64)
+    from_other = np.repeat(minority, sizes)
+    merged[~from_other] = tokens[np.repeat(~minority, np.diff(offsets))]
+    merged[from_other] = other
+    return merged, merged_offsets
 
 
 # ----------------------------------------------------------------------- signatures
@@ -508,13 +531,9 @@ def estimate_jaccard(sigs: SignatureParts, pairs: np.ndarray) -> np.ndarray:
     parts = _parts(sigs)
     out = np.zeros(len(pairs), np.float32)
     k = parts[0].shape[1] if parts else 1
-    step = max(1, (32 << 20) // max(1, k))
     for a, b, positions, local in _by_part_pair(pairs, _part_starts([len(p) for p in parts])):
-        for lo in range(0, len(local), step):
-            chunk = local[lo : lo + step]
-            x, y = parts[a][chunk[:, 0]], parts[b][chunk[:, 1]]
-            same = (x == y) & (x != EMPTY)
-            out[positions[lo : lo + step]] = same.sum(axis=1, dtype=np.int64) / np.float32(k)
+        same = kernels.matching_positions(parts[a], parts[b], local, np.uint32(EMPTY))
+        out[positions] = same / np.float32(k)
     return out
 
 
@@ -528,8 +547,36 @@ def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
     parts = _parts(sh)
     out = np.zeros(len(pairs), np.float64)
     for a, b, positions, local in _by_part_pair(pairs, _part_starts([len(p) for p in parts])):
-        out[positions] = kernels.jaccard(parts[a].values, parts[a].offsets, parts[b].values, parts[b].offsets, local)
+        x, y = parts[a], parts[b]
+        if not isinstance(x, Shingles) or not isinstance(y, Shingles):
+            x, y, local = _taken(x, y, a == b, local)
+        out[positions] = kernels.jaccard(x.values, x.offsets, y.values, y.offsets, local)
     return out
+
+
+def _taken(x: Any, y: Any, same: bool, local: np.ndarray) -> tuple[Shingles, Shingles, np.ndarray]:
+    """The shingles of just the documents ``local`` pairs name, for parts that compute
+    them on demand (a ``take(rows) -> Shingles`` method, e.g.
+    :class:`pipeline.dedup.signatures.TextShingles`), and the pairs renumbered to
+    them. Only two parts' candidates are held at a time, whatever the corpus size."""
+    if same:
+        rows = np.unique(local)
+        taken = x.take(rows) if not isinstance(x, Shingles) else _subset(x, rows)
+        return taken, taken, np.searchsorted(rows, local)
+    out = []
+    for part, column in ((x, local[:, 0]), (y, local[:, 1])):
+        rows = np.unique(column)
+        out.append((part.take(rows) if not isinstance(part, Shingles) else _subset(part, rows), np.searchsorted(rows, column)))
+    (sx, ix), (sy, iy) = out
+    return sx, sy, np.stack([ix, iy], axis=1)
+
+
+def _subset(sh: Shingles, rows: np.ndarray) -> Shingles:
+    """The documents ``rows`` of ``sh``, in that order, as a new :class:`Shingles`."""
+    starts, sizes = sh.offsets[rows], sh.sizes[rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return Shingles(sh.values[_ranges(starts, sizes)], offsets)
 
 
 # ------------------------------------------------------------------------------ LSH
@@ -619,7 +666,13 @@ def _group_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_b
     return out
 
 
-def candidate_pairs(sigs: SignatureParts, bands: int, rows: int, max_bucket_pairs: int = 50_000) -> np.ndarray:
+def candidate_pairs(
+    sigs: SignatureParts,
+    bands: int,
+    rows: int,
+    max_bucket_pairs: int = 50_000,
+    keep: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """``(m, 2)`` ``int64`` unique pairs ``i < j`` whose signatures agree on all
     ``rows`` positions of at least one of ``bands`` bands.
 
@@ -637,6 +690,12 @@ def candidate_pairs(sigs: SignatureParts, bands: int, rows: int, max_bucket_pair
     One band is grouped at a time, from the signature parts as they are (views, or
     memory-mapped files): besides the pairs, memory holds one ``uint64`` key and one
     sort index per document (16 bytes per document, whatever ``num_perm``).
+
+    ``keep(pairs) -> mask``, when given, filters each band's pairs before they are
+    gathered, so only the survivors are ever held: with a low threshold on character
+    shingles the candidates grow with the square of the rows (unrelated English
+    documents share common 5-grams), 9.7 million at 200,000 rows, and holding them
+    all took 14 GB at a million.
     """
     parts = [p for p in _parts(sigs) if len(p)]
     n = sum(len(p) for p in parts)
@@ -657,7 +716,11 @@ def candidate_pairs(sigs: SignatureParts, bands: int, rows: int, max_bucket_pair
         sizes = np.diff(np.concatenate([starts, [len(k)]]))
         multi = sizes > 1
         if multi.any():
-            found.extend(_group_pairs(live[order], starts[multi], sizes[multi], max_bucket_pairs))
+            band = _group_pairs(live[order], starts[multi], sizes[multi], max_bucket_pairs)
+            if keep is not None and band:
+                pairs = np.concatenate(band)
+                band = [pairs[keep(pairs)]]
+            found.extend(band)
     if not found:
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(found)
@@ -741,6 +804,7 @@ def find_duplicates(
     lsh_threshold: float | None = None,
     max_bucket_pairs: int = 50_000,
     order: np.ndarray | None = None,
+    min_estimate: float | None = None,
 ) -> DedupResult:
     """Near-duplicate clusters: LSH candidates, verified, then connected components.
 
@@ -753,6 +817,13 @@ def find_duplicates(
     built around centres over the kept edges only (:func:`centre_clusters`, visiting
     documents in ``order``), so every document dropped has a verified edge to the one
     kept in its place.
+
+    ``min_estimate``: drop candidates whose signature estimate (:func:`estimate_jaccard`)
+    is below it, band by band as they are found (see ``keep`` in
+    :func:`candidate_pairs`), before they are verified; memory then holds the
+    survivors only. Set well below ``threshold`` (the estimate of a pair at 0.5 has a
+    standard deviation of about 0.045 with 128 positions), it drops unrelated pairs,
+    not near copies.
     """
     sh_parts, sig_parts = _parts(sh), _parts(sigs)
     n = sum(len(p) for p in sig_parts)
@@ -766,7 +837,10 @@ def find_duplicates(
         bands = num_perm // rows
     elif rows is None:
         rows = num_perm // bands
-    cand = candidate_pairs(sigs, bands, rows, max_bucket_pairs)
+    keep = None
+    if min_estimate is not None:
+        keep = lambda pairs: estimate_jaccard(sigs, pairs) >= min_estimate  # noqa: E731
+    cand = candidate_pairs(sigs, bands, rows, max_bucket_pairs, keep)
     if verify == "exact":
         sizes = np.concatenate([p.sizes for p in sh_parts]) if sh_parts else np.zeros(0, np.int64)
         small = np.minimum(sizes[cand[:, 0]], sizes[cand[:, 1]])

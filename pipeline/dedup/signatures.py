@@ -9,9 +9,20 @@ another.
 
 ``shingles``   list<uint64>: each row's shingle hashes, sorted and unique
 ``signature``  fixed_size_list<uint32>[num_perm]: each row's MinHash signature
+
+or, where shingles are many per row (character n-grams: 8 bytes per character of
+text), the compact layout of :func:`compact_minhash_columns`:
+
+``key_text``        string: the text each row was shingled from
+``shingle_count``   int64: how many distinct shingles it has
+``signature``       as above
+
+whose shingles :class:`TextShingles` computes again for the candidate rows only.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +30,8 @@ import pyarrow.compute as pc
 
 from pipeline.dedup import minhash
 from pipeline.schema import DatasetInfo, field_strings, joined_text
+from pipeline.text.cjk import cjk_rows
+from pipeline.text.fold import ScriptFold, fold_key
 
 
 def key_texts(table: pa.Table, info: DatasetInfo, key: str) -> pa.Array:
@@ -31,11 +44,25 @@ def key_texts(table: pa.Table, info: DatasetInfo, key: str) -> pa.Array:
 
 
 def minhash_columns(
-    texts: pa.Array, shingles: str, ngram: int, num_perm: int, seed: int, scheme: str
+    texts: pa.Array,
+    shingles: str,
+    ngram: int,
+    num_perm: int,
+    seed: int,
+    scheme: str,
+    fold: ScriptFold = "t2s",
 ) -> dict[str, pa.Array]:
     """Summary columns ``shingles`` (sorted unique hashes) and ``signature`` of each
-    text, in the layout :func:`shingles_and_signatures` reads back."""
-    sh = minhash.shingle(texts, n=ngram, kind=shingles)
+    text, in the layout :func:`shingles_and_signatures` reads back.
+
+    Texts are shingled as their dedup key (:func:`pipeline.text.fold.fold_key`:
+    full-width forms as ASCII, CJK rows' Traditional characters as Simplified with
+    the OpenCC conversion ``fold``), so a copy in the other script or width is a near
+    copy; ``shingles="auto"`` picks character n-grams for CJK rows, words for the
+    rest. Rows with neither CJK script nor full-width forms shingle as they always did."""
+    cjk = cjk_rows(texts) if shingles == "auto" or fold != "none" else None
+    keys = fold_key(texts, fold, cjk=cjk)
+    sh = minhash.shingle(keys, n=ngram, kind=shingles, char_rows=cjk)
     sigs = minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme)
     return {
         "shingles": pa.ListArray.from_arrays(pa.array(sh.offsets, pa.int32()), pa.array(sh.values, pa.uint64())),
@@ -53,3 +80,63 @@ def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.S
     sh = minhash.Shingles(values=shingles.flatten().to_numpy(), offsets=offsets - offsets[0])
     sigs = summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
     return sh, sigs
+
+
+COMPACT_ROWS = 4_096
+"""Rows shingled at once by :func:`compact_minhash_columns`: 4,096 rows of 1,000
+characters hold about 35 MB of character shingles."""
+
+
+def compact_minhash_columns(
+    texts: pa.Array, shingles: Literal["word", "char"], ngram: int, num_perm: int, seed: int, scheme: str
+) -> dict[str, pa.Array]:
+    """Summary columns ``key_text``, ``shingle_count`` and ``signature``: what
+    :func:`minhash_columns` gives, with the text in place of its shingles.
+
+    Why: character 5-grams of English cost 8 bytes per character, eight to ten times
+    the text itself; at a million rows of 800 characters that was 6.4 GB of summaries
+    in the work folder, all of it mapped by the decide step. The text costs one byte
+    per character, and verification needs the shingles of the candidate pairs only.
+    The rows are shingled :data:`COMPACT_ROWS` at a time and their shingles dropped
+    once signed, so a shard's summary never holds all its shingles at once either.
+    """
+    counts, sigs = [], []
+    for lo in range(0, len(texts), COMPACT_ROWS):
+        sh = minhash.shingle(texts.slice(lo, COMPACT_ROWS), n=ngram, kind=shingles)
+        counts.append(sh.sizes)
+        sigs.append(minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme))
+    signature = np.concatenate(sigs) if sigs else np.zeros((0, num_perm), np.uint32)
+    return {
+        "key_text": texts,
+        "shingle_count": pa.array(np.concatenate(counts) if counts else np.zeros(0, np.int64), pa.int64()),
+        "signature": pa.FixedSizeListArray.from_arrays(pa.array(signature.ravel(), pa.uint32()), num_perm),
+    }
+
+
+class TextShingles:
+    """One shard's shingles, computed on demand from its summary's ``key_text``.
+
+    Stands in for a :class:`pipeline.dedup.minhash.Shingles` part in
+    :func:`pipeline.dedup.minhash.find_duplicates`: the size filter reads
+    ``sizes`` (stored), and :func:`pipeline.dedup.minhash.exact_jaccard` calls
+    :meth:`take` for the candidates of one pair of shards at a time. Shingling is
+    per row, so a row's shingles are the same whichever rows it is taken with.
+    """
+
+    def __init__(self, summary: pa.Table, shingles: Literal["word", "char"], ngram: int) -> None:
+        self.texts = summary.column("key_text").combine_chunks()
+        self.sizes = summary.column("shingle_count").to_numpy()
+        self.kind, self.ngram = shingles, ngram
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def take(self, rows: np.ndarray) -> minhash.Shingles:
+        return minhash.shingle(self.texts.take(pa.array(rows, pa.int64())), n=self.ngram, kind=self.kind)
+
+
+def signature_matrix(summary: pa.Table, num_perm: int) -> np.ndarray:
+    """``(rows, num_perm)`` ``uint32`` signatures of a summary, a view of its buffer."""
+    if summary.num_rows == 0:
+        return np.zeros((0, num_perm), np.uint32)
+    return summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)

@@ -6,7 +6,17 @@ replacement, random insertion of a synonym, random swap and random deletion, eac
 touching a share ``alpha`` of the words, plus sentence shuffle. As in EDA, each
 augmented copy gets ONE randomly chosen operation, so a copy stays close to its source
 and its ``augment_ops`` says exactly what was done to it. Synonyms come from WordNet
-(:mod:`pipeline.wordnet`); stop-words are never replaced.
+(:mod:`pipeline.wordnet`); stop-words are never replaced. WordNet is optional: without
+one, synonym replacement and insertion are skipped and the other operations make the
+copies; the stage's figures (``operations``, ``thesaurus``, ``skipped``) and a warning
+say so.
+
+Rows written mostly in CJK script (:func:`pipeline.text.cjk.cjk_rows`) have no
+spaces between words and no WordNet: their words come from ``rjieba`` (jieba's
+segmentation), swap and delete move and drop those words, insert repeats a word of
+the same row at a random place, sentence shuffle splits after 。！？, and synonym
+replacement is never done. The figures say which operations each script's rows got
+(``by_script``).
 
 Only ``train`` rows are sources (all rows when there is no ``split`` column), so
 validation and test stay real data. A copy must not equal, after casefolding and
@@ -18,7 +28,8 @@ Global, in the three steps of the stage contract:
 ``summarize``  per shard: row id, label, split and a 64-bit hash of the normalised
                augmented text of every row
 ``decide``     once: how many copies each source row makes (``copies_per_row``, or
-               the per-class quota of ``balance``), plus every existing hash
+               the per-class quota of ``balance``), plus every existing hash; and
+               which operations run (decided once, so every shard does the same)
 ``apply``      per shard: the originals and their copies; the copy ``k`` of row ``r``
                draws from a generator seeded by ``(seed, r, k)``, so the output does
                not depend on sharding or on Python's hash randomisation
@@ -27,11 +38,12 @@ Global, in the three steps of the stage contract:
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
@@ -53,7 +65,10 @@ from pipeline.schema import (
     SPLIT,
     with_origin,
 )
-from pipeline.stages.base import Stage, StageConfig, StageOutput, no_removals, with_stats
+from pipeline.stages.base import Stage, StageConfig, StageOutput, no_removals, stats_of, with_stats
+from pipeline.text.cjk import cjk_rows
+
+log = logging.getLogger("pipeline")
 
 AUGMENTED = "augmented"
 TRAIN = "train"
@@ -78,6 +93,11 @@ by "synonyms" mangles grammar without adding variety."""
 
 Lookup = Callable[[str], Sequence[str]]
 """A word's synonyms, e.g. :func:`pipeline.wordnet.synonyms`."""
+THESAURUS_OPS = ("synonym", "insert")
+"""The operations that draw on WordNet's synonyms."""
+CJK_OPS = ("insert", "swap", "delete", "shuffle")
+"""The operations rows in CJK script get: every one but synonym replacement (WordNet
+is English); their insert repeats a word of the row instead of adding a synonym."""
 
 
 class AugmentConfig(StageConfig):
@@ -110,7 +130,9 @@ class AugmentConfig(StageConfig):
     the prompt only for instruction data (the user turns of ``messages``), so
     responses stay as written; ``response`` and ``both`` are instruction-only."""
     wordnet_dir: str | None = None
-    """WordNet folder; default ``$PIPELINE_WORDNET_DIR``, else ``/usr/share/wordnet``."""
+    """WordNet folder, which must then hold one; default ``$PIPELINE_WORDNET_DIR``, else
+    ``/usr/share/wordnet``, and where neither holds one the operations that need
+    synonyms (``synonym``, ``insert``) are skipped, with a warning."""
 
     @model_validator(mode="after")
     def _check(self) -> AugmentConfig:
@@ -285,6 +307,71 @@ def sentence_shuffle(text: str, rng: random.Random) -> str:
     return lead + "".join(s + sep for s, sep in zip(sentences, [*separators, ""])) + trail
 
 
+# --- the operations on text without spaces (Chinese, Japanese): jieba words ------------------
+
+_HAS_WORD = re.compile(r"\w")
+_CJK_SENTENCE_END = re.compile(r"[。！？!?]+[”’」』）)]*")
+
+
+def _cjk_words(text: str) -> tuple[list[str], list[int]]:
+    """``text`` as ``rjieba`` tokens (joined with no separator they give it back) and the
+    positions of those that are words: punctuation and spaces stay where they are."""
+    import rjieba
+
+    tokens = rjieba.cut(text)
+    return tokens, [i for i, t in enumerate(tokens) if _HAS_WORD.search(t)]
+
+
+def cjk_swap(text: str, rate: float, rng: random.Random) -> str:
+    """:func:`random_swap` on jieba words."""
+    tokens, at = _cjk_words(text)
+    if len(at) < 2:
+        return text
+    for _ in range(_count(rate, len(at))):
+        i, j = rng.sample(at, 2)
+        tokens[i], tokens[j] = tokens[j], tokens[i]
+    return "".join(tokens)
+
+
+def cjk_deletion(text: str, rate: float, rng: random.Random) -> str:
+    """:func:`random_deletion` on jieba words, keeping at least one."""
+    tokens, at = _cjk_words(text)
+    if len(at) < 2:
+        return text
+    drop = {i for i in at if rng.random() < rate}
+    if len(drop) == len(at):
+        drop.discard(rng.choice(at))
+    return "".join(t for i, t in enumerate(tokens) if i not in drop)
+
+
+def cjk_insertion(text: str, rate: float, rng: random.Random) -> str:
+    """Insert, ``rate`` of the word count times, a copy of a random word of the text
+    before a random word (there is no Chinese thesaurus to draw synonyms from)."""
+    tokens, at = _cjk_words(text)
+    if not at:
+        return text
+    words = [tokens[i] for i in at]
+    for _ in range(_count(rate, len(at))):
+        before = rng.choice(at)
+        tokens.insert(before, rng.choice(words))
+        at = [i + (i >= before) for i in at] + [before]
+    return "".join(tokens)
+
+
+def cjk_sentence_shuffle(text: str, rng: random.Random) -> str:
+    """:func:`sentence_shuffle` for text whose sentences end in 。！？ with no space
+    after; a trailing part without an end mark stays last."""
+    sentences, pos = [], 0
+    for match in _CJK_SENTENCE_END.finditer(text):
+        sentences.append(text[pos: match.end()])
+        pos = match.end()
+    tail = text[pos:]
+    if len(sentences) < 2:
+        return sentence_shuffle(text, rng)
+    rng.shuffle(sentences)
+    return "".join(sentences) + tail
+
+
 # --- the stage -----------------------------------------------------------------------------
 
 
@@ -299,6 +386,15 @@ def copy_rng(seed: int, row_id: str, k: int) -> random.Random:
     """The generator of copy ``k`` of row ``row_id``: a function of these alone."""
     digest = hashlib.blake2b(f"{seed}\x1f{row_id}\x1f{k}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "little"))
+
+
+class _Operations(NamedTuple):
+    run: list[str]
+    """The enabled operations this run does."""
+    thesaurus: str | None
+    """The WordNet folder they read, None when none does."""
+    skipped: dict[str, str]
+    """Enabled operations skipped, with why: those that need a WordNet where there is none."""
 
 
 class _Copy(NamedTuple):
@@ -361,12 +457,52 @@ class AugmentStage(Stage):
     def _joined(strings: list[str | None]) -> str:
         return "\n".join(s or "" for s in strings)
 
+    def preflight(self) -> None:
+        """A balance target, a label column and a configured WordNet are there."""
+        self._check()
+
     def _check(self) -> None:
         self._targets()
         if self.config.balance and "label" not in self.info.roles:
             raise PipelineError(f"stages.augment.balance needs a label column; this {self.info.kind} dataset has none")
-        if self.config.synonym_rate or self.config.insert_rate:
-            wordnet.prepared_dir(self.config.wordnet_dir)
+        _ = self._operations  # a configured WordNet that is not there fails the first step
+
+    @cached_property
+    def _operations(self) -> _Operations:
+        """The enabled operations this run does, the WordNet they read, and those skipped.
+
+        WordNet is optional: where no WordNet is set in ``wordnet_dir`` and none is in
+        ``$PIPELINE_WORDNET_DIR`` or ``/usr/share/wordnet``, the operations that need
+        synonyms are skipped and the others still make copies. A ``wordnet_dir`` that
+        holds none is an error: it was asked for."""
+        cfg = self.config
+        enabled = [name for name, rate in cfg.word_ops() if rate > 0] + (["shuffle"] if cfg.shuffle_sentences else [])
+        needing = [op for op in enabled if op in THESAURUS_OPS]
+        if not needing:
+            return _Operations(enabled, None, {})
+        missing = None if cfg.wordnet_dir else wordnet.absent()
+        if missing is None:
+            wordnet.prepared_dir(cfg.wordnet_dir)  # raises for a wordnet_dir without a WordNet
+            return _Operations(enabled, str(wordnet.source_dir(cfg.wordnet_dir)), {})
+        rest = [op for op in enabled if op not in THESAURUS_OPS]
+        if not rest:
+            raise PipelineError(
+                f"stages.augment: every enabled operation ({', '.join(needing)}) needs WordNet, and {missing}: "
+                f"apt-get install wordnet-base, or point {wordnet.ENV_VAR} or stages.augment.wordnet_dir at a "
+                "WordNet 3.0 dict folder, or raise swap_rate, delete_rate or shuffle_sentences"
+            )
+        return _Operations(rest, None, {op: missing for op in needing})
+
+    @cached_property
+    def _cjk_operations(self) -> list[str]:
+        """The enabled operations rows in CJK script get (:data:`CJK_OPS`): no WordNet needed."""
+        cfg = self.config
+        enabled = [name for name, rate in cfg.word_ops() if rate > 0] + (["shuffle"] if cfg.shuffle_sentences else [])
+        return [op for op in enabled if op in CJK_OPS]
+
+    def _cjk(self, strings: list[list[str | None]]) -> np.ndarray:
+        """Which rows (their rewritten strings joined) are written mostly in CJK script."""
+        return cjk_rows(pa.array([self._joined(s) for s in strings], pa.large_string()))
 
     # the three steps
 
@@ -380,6 +516,7 @@ class AugmentStage(Stage):
             ROW_ID: table.column(ROW_ID),
             "hash": pa.array([normalised_hash(self._joined(s)) for s in strings], pa.uint64()),
             "usable": pa.array(usable, pa.bool_()),
+            "cjk": pa.array(self._cjk(strings), pa.bool_()),
         }
         for extra in ("label", SPLIT):
             if extra in table.column_names:
@@ -408,6 +545,21 @@ class AugmentStage(Stage):
             if labels is not None:
                 stats |= self._class_figures(labels, train, copies)
         stats |= {"train_rows": int(train.sum()), "sources": int((copies > 0).sum()), "rows_to_make": int(copies.sum())}
+        operations = self._operations
+        stats |= {"operations": operations.run, "thesaurus": operations.thesaurus, "skipped": operations.skipped}
+        cjk = np.asarray(summary.column("cjk"), bool) if "cjk" in summary.column_names else np.zeros(n, bool)
+        stats["by_script"] = {
+            script: {"sources": int(((copies > 0) & rows).sum()), "operations": ops}
+            for script, rows, ops in (("other", ~cjk, operations.run), ("cjk", cjk, self._cjk_operations))
+            if ((copies > 0) & rows).any()
+        }
+        if operations.skipped:
+            log.warning(
+                "augment: %s: the %s operations are skipped, copies are made by %s (apt-get install wordnet-base, "
+                "or point %s or stages.augment.wordnet_dir at a WordNet 3.0 dict folder)",
+                next(iter(operations.skipped.values())), " and ".join(operations.skipped),
+                ", ".join(operations.run), wordnet.ENV_VAR,
+            )
         source = np.flatnonzero(copies)
         hashes = np.unique(np.asarray(summary.column("hash"), np.uint64))
         state = pa.concat_tables(
@@ -471,6 +623,7 @@ class AugmentStage(Stage):
         if state is None:
             raise ValueError("augment.apply needs the state from decide()")
         self._check()
+        operations = set(stats_of(state)["operations"])  # decided once, for every shard alike
         table = with_origin(table)
         mine = state.filter(pc.fill_null(pc.is_in(state.column(ROW_ID), value_set=table.column(ROW_ID)), False))
         copies = dict(zip(mine.column(ROW_ID).to_pylist(), mine.column("copies").to_pylist()))
@@ -481,12 +634,18 @@ class AugmentStage(Stage):
         made: list[_Copy] = []
         seen: set[int] = set()
         counters: Counter[str] = Counter()
-        for i, row in zip(at, self._text_rows(table.take(pa.array(at, pa.int64())))):
-            strings = self._strings(row)
+        sources = [self._strings(row) for row in self._text_rows(table.take(pa.array(at, pa.int64())))]
+        by_script = stats_of(state).get("by_script", {})
+        cjk_operations = set(by_script.get("cjk", {}).get("operations", ()))
+        for i, strings, cjk in zip(at, sources, self._cjk(sources).tolist()):
+            row_operations = cjk_operations if cjk else operations
+            if not row_operations:
+                counters["augment_no_operation:cjk"] += copies[ids[i]]
+                continue
             for k in range(copies[ids[i]]):
                 rng = copy_rng(self.config.seed, ids[i], k)
                 for _ in range(MAX_ATTEMPTS):
-                    op, new = self._augment(strings, rng)
+                    op, new = self._augment(strings, rng, row_operations, cjk)
                     if new == strings:
                         continue
                     key = normalised_hash(self._joined(new))
@@ -509,16 +668,29 @@ class AugmentStage(Stage):
             scores=self._report(augmented),
         )
 
-    def _augment(self, strings: list[str | None], rng: random.Random) -> tuple[str, list[str | None]]:
-        """One candidate copy: one operation, drawn from the enabled ones, applied to
-        every rewritten string."""
+    def _augment(
+        self, strings: list[str | None], rng: random.Random, operations: Collection[str], cjk: bool = False
+    ) -> tuple[str, list[str | None]]:
+        """One candidate copy: one operation, drawn from ``operations`` (the enabled ones
+        this run can do for the row's script), applied to every rewritten string."""
         cfg = self.config
-        word_ops = [(name, rate) for name, rate in cfg.word_ops() if rate > 0]
-        if cfg.shuffle_sentences and (not word_ops or rng.random() < cfg.shuffle_sentences):
+        word_ops = [(name, rate) for name, rate in cfg.word_ops() if rate > 0 and name in operations]
+        if "shuffle" in operations and (not word_ops or rng.random() < cfg.shuffle_sentences):
             op, rate = "shuffle", cfg.shuffle_sentences
         else:
             op, rate = rng.choice(word_ops)
-        return op, [None if s is None else self._rewrite(op, rate, s, rng) for s in strings]
+        rewrite = self._rewrite_cjk if cjk else self._rewrite
+        return op, [None if s is None else rewrite(op, rate, s, rng) for s in strings]
+
+    @staticmethod
+    def _rewrite_cjk(op: str, rate: float, text: str, rng: random.Random) -> str:
+        if op == "insert":
+            return cjk_insertion(text, rate, rng)
+        if op == "swap":
+            return cjk_swap(text, rate, rng)
+        if op == "delete":
+            return cjk_deletion(text, rate, rng)
+        return cjk_sentence_shuffle(text, rng)
 
     def _rewrite(self, op: str, rate: float, text: str, rng: random.Random) -> str:
         if op == "synonym":

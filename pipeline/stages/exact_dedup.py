@@ -1,7 +1,10 @@
 """Stage ``exact_dedup``: keep the first occurrence of each normalised text.
 
 Texts are compared after lowercasing and folding whitespace (optionally punctuation
-too), so copies that differ only in case or spacing count as the same. Instruction
+too), so copies that differ only in case or spacing count as the same; full-width
+letters, digits and punctuation compare as ASCII, and rows written mostly in CJK script
+compare in Simplified characters (:mod:`pipeline.text.fold`), so a Traditional copy of
+a Simplified row is a duplicate. Instruction
 data is keyed on prompt and response together: the same prompt with two different
 answers is not a duplicate.
 
@@ -19,12 +22,18 @@ import pyarrow.compute as pc
 
 from pipeline.schema import ROW_ID, field_strings, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows
+from pipeline.text.fold import ScriptFold, fold_key
 
 
 class ExactDedupConfig(StageConfig):
     lowercase: bool = True
     fold_punctuation: bool = False
     """Also ignore punctuation, so "Hello, world!" equals "hello world"."""
+    fold_width: bool = True
+    """Compare full-width forms (``ＡＢＣ１２３，``) as ASCII (``ABC123,``)."""
+    script_fold: ScriptFold = "t2s"
+    """Traditional to Simplified fold of CJK rows' keys (OpenCC conversion, see
+    :mod:`pipeline.text.fold`); ``none`` compares scripts as written."""
 
 
 class ExactDedupStage(Stage):
@@ -34,6 +43,7 @@ class ExactDedupStage(Stage):
     is_global = True
 
     def _normalise(self, strings: pa.Array) -> pa.Array:
+        strings = fold_key(strings, self.config.script_fold, width=self.config.fold_width)
         if self.config.lowercase:
             strings = pc.utf8_lower(strings)
         if self.config.fold_punctuation:

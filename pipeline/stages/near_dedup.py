@@ -34,14 +34,25 @@ from pipeline.dedup.signatures import key_texts, minhash_columns, shingles_and_s
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
+from pipeline.text.fold import ScriptFold
 from pipeline.text.stats import overall_quality, quality_scores
 
 
 class NearDedupConfig(StageConfig):
     key: Literal["auto", "prompt", "response", "both"] = "auto"
     """What instruction rows are compared on; ``auto`` is prompt and response together."""
-    shingles: Literal["word", "char"] = "word"
+    shingles: Literal["auto", "word", "char"] = "auto"
+    """``auto``: each row by its script, character n-grams for rows written mostly in
+    CJK script (:func:`pipeline.text.script.is_cjk`: no spaces, so a word shingle would
+    be a whole sentence) and word n-grams for the rest; ``word`` or ``char`` for all rows."""
     ngram: int = Field(5, ge=1, le=64)
+    """Words or characters per shingle."""
+    script_fold: ScriptFold = "t2s"
+    """How CJK rows' Traditional characters are folded to Simplified in the key rows
+    are compared on (:mod:`pipeline.text.fold`), so a Traditional copy of a Simplified
+    row is a duplicate: ``t2s`` character by character, ``tw2sp`` also Taiwan phrases,
+    ``hk2s`` Hong Kong forms, ``none`` to compare scripts as written. Full-width
+    letters, digits and punctuation always compare as their ASCII forms."""
     num_perm: int = Field(128, ge=16, le=1024)
     scheme: Literal["oph", "kperm"] = "oph"
     seed: int = 1
@@ -86,7 +97,7 @@ class NearDedupStage(Stage):
         texts = key_texts(table, self.info, cfg.key)
         columns = {
             ROW_ID: table.column(ROW_ID),
-            **minhash_columns(texts, cfg.shingles, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme),
+            **minhash_columns(texts, cfg.shingles, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme, cfg.script_fold),
             "length": pc.utf8_length(texts),
         }
         if cfg.keep == "quality":

@@ -1,5 +1,6 @@
 """Stage ``noise``: strip web debris (markup, entities, boilerplate lines) and mask
-contact details (URLs, e-mail addresses, phone numbers) with placeholders.
+contact details and identity numbers (URLs, e-mail addresses, phone numbers, Chinese
+resident ID numbers) with placeholders.
 
 Scraped text carries markup and page furniture that teach a model nothing, and
 personal contact details it should not learn. Every rule is a named RE2 regex run
@@ -37,6 +38,17 @@ Choices worth knowing:
 * ``phones`` wants an international ``+CC`` number of six digits or more, or a North
   American ten-digit number with separators (``(555) 123-4567``, ``555-123-4567``,
   ``555.123.4567``); years, prices, dates and bare digit runs are not phones.
+* ``phones_cn`` and ``phones_tw`` take the national formats of mainland China
+  (mobile ``138 1234 5678``, landline ``010-12345678``) and Taiwan (mobile
+  ``0912-345-678``, landline ``(02) 2345-6789``), in CJK rows only (decided row by row
+  by :func:`pipeline.text.cjk.cjk_rows`): elsewhere an 11-digit number starting 13-19
+  is more often an id. Numbers with a country code (+86, +886, +852 for Hong Kong,
+  whose bare 8-digit numbers look like any other number) are ``phones``' already.
+* ``resident_ids`` masks 18-digit PRC resident identity numbers (region, birth date,
+  sequence, check digit) whose ISO 7064 MOD 11-2 check digit is right, in any row:
+  the date and the checksum leave few false hits. It runs before the phone rules.
+* Terminal escape sequences (ANSI colours) are not this stage's: ``normalize`` removes
+  them with the other control characters, before this stage runs, and counts them.
 * ``boilerplate`` removes whole, short lines only (case-insensitive, at most about a
   hundred characters), so prose that merely mentions "read more" or "copyright" stays.
 * After the rules, the strings where a rule deleted text (tags, entities, boilerplate
@@ -65,6 +77,7 @@ from pydantic import Field, model_validator
 from pipeline.schema import transform_text_fields
 from pipeline.settings import StrictModel
 from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, no_removals
+from pipeline.text.cjk import cjk_rows
 
 # --- html_tags ---------------------------------------------------------------------
 
@@ -148,10 +161,13 @@ def _decode_entity(token: str) -> str:
 # --- urls, emails, phones ----------------------------------------------------------
 
 # The last character may not be sentence punctuation or a closing bracket, so
-# "see https://x.org/a." keeps its full stop.
+# "see https://x.org/a." keeps its full stop. CJK punctuation and full-width forms
+# end a URL: Chinese text puts no space after one ("见 https://x.org/）的" or
+# "www.debian.org。你可以").
 _URL = (
     r"(?i)\b(?:(?:https?|ftp)://|www\.)"
-    r"[^\s<>\"'`{}|\\^\[\]]*[^\s<>\"'`{}|\\^\[\].,;:!?)]"
+    r"[^\s<>\"'`{}|\\^\[\]\x{3000}-\x{303f}\x{ff00}-\x{ffef}]*"
+    r"[^\s<>\"'`{}|\\^\[\].,;:!?)\x{3000}-\x{303f}\x{ff00}-\x{ffef}]"
 )
 _EMAIL = r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"
 _PHONE = (
@@ -163,6 +179,38 @@ _PHONE = (
     # North American: (555) 123-4567, 555-123-4567, 555.123.4567, 1-800-555-1234
     r"|(?:\b1[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[.-])\d{3}[.-]\d{4}\b"
 )
+
+# --- Chinese phone and resident ID numbers -------------------------------------------
+
+# National formats, without a country code (with one, ``phones`` takes them: +86, +886,
+# +852). In Latin-script text an 11-digit number starting 13-19 is more often an order
+# or account number, so these two rules only look at CJK rows.
+_PHONE_CN = (
+    # mobile: 1[3-9]x xxxx xxxx, with or without spaces or hyphens between the groups
+    r"\b1[3-9]\d(?:[ -]?\d{4}){2}\b"
+    # landline: area code 0xx or 0xxx, then 7 or 8 digits: 010-12345678, (0755) 1234567
+    r"|(?:\b0\d{2,3}-|\(0\d{2,3}\)[ -]?)\d{7,8}\b"
+)
+_PHONE_TW = (
+    # mobile: 09xx-xxx-xxx, 0912 345 678, 0912345678
+    r"\b09\d{2}(?:-\d{3}-\d{3}|[ ]\d{3}[ ]\d{3}|\d{6})\b"
+    # landline: (02) 2345-6789, 02-2345-6789, (04)2234-5678
+    r"|(?:\b0\d{1,2}-|\(0\d{1,2}\)[ ]?)\d{3,4}-\d{4}\b"
+)
+# PRC resident identity number: region (first digit 1-8), birth date 19xx or 20xx,
+# sequence, check digit (0-9 or X). Candidates are then checked by their checksum.
+_RESIDENT_ID = r"\b[1-8]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]\b"
+# Python's \b, like RE2's, must be ASCII: Chinese characters are word characters to it.
+_RESIDENT_ID_RE = re.compile(_RESIDENT_ID, re.ASCII)
+_ID_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]  # 7 9 10 5 8 4 2 1 6 3 7 9 10 5 8 4 2
+
+
+def resident_id_is_valid(number: str) -> bool:
+    """ISO 7064 MOD 11-2: the weighted sum of the first 17 digits picks the 18th
+    (``X`` stands for 10). A random 18-digit run passes one time in eleven."""
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS))
+    return "10X98765432"[total % 11] == number[17].upper()
+
 
 # --- boilerplate -------------------------------------------------------------------
 
@@ -229,7 +277,10 @@ BUILTIN_RULES = (
     "html_entities",
     "urls",
     "emails",
+    "resident_ids",
     "phones",
+    "phones_cn",
+    "phones_tw",
     "boilerplate",
     "repeated_punctuation",
 )
@@ -250,7 +301,10 @@ class BuiltinRules(StrictModel):
     html_entities: bool = True
     urls: bool = True
     emails: bool = True
+    resident_ids: bool = True
     phones: bool = True
+    phones_cn: bool = True
+    phones_tw: bool = True
     boilerplate: bool = True
     repeated_punctuation: bool = True
 
@@ -286,6 +340,9 @@ class NoiseConfig(StageConfig):
     url_placeholder: str = "<URL>"
     email_placeholder: str = "<EMAIL>"
     phone_placeholder: str = "<PHONE>"
+    """Also for ``phones_cn`` and ``phones_tw``."""
+    id_placeholder: str = "<ID>"
+    """For ``resident_ids``."""
     custom: list[CustomRule] = Field(default_factory=list)
     """Run after the built-in rules, in this order; their hits are counted under their name."""
 
@@ -420,6 +477,55 @@ def _tidy(strings: pa.Array) -> pa.Array:
 _Rule = Callable[[pa.Array], tuple[pa.Array, int]]
 
 
+def _mask_resident_ids(placeholder: str) -> _Rule:
+    """Mask the 18-digit numbers that pass the resident ID checksum (found with RE2,
+    checked in Python on the few strings that hold a candidate)."""
+
+    def rule(strings: pa.Array) -> tuple[pa.Array, int]:
+        rows = _mask(pc.match_substring_regex(strings, _RESIDENT_ID))
+        hits = 0
+
+        def mask_valid(match: re.Match[str]) -> str:
+            nonlocal hits
+            if not resident_id_is_valid(match.group()):
+                return match.group()
+            hits += 1
+            return placeholder
+
+        def rewrite(subset: pa.Array) -> pa.Array:
+            return pa.array([_RESIDENT_ID_RE.sub(mask_valid, v) for v in subset.to_pylist()], pa.string())
+
+        return _patch(strings, rows, rewrite), hits
+
+    return rule
+
+
+def _in_cjk_rows(rule: _Rule) -> _Rule:
+    """Run ``rule`` on the CJK rows only (:func:`pipeline.text.cjk.cjk_rows`, ASCII
+    digits left out of the measure: a row listing phone numbers is still written in
+    Chinese), and of those on the ones holding three digits in a row at least."""
+
+    def run(strings: pa.Array) -> tuple[pa.Array, int]:
+        rows = ~_mask(pc.string_is_ascii(strings))  # ASCII rows are never CJK
+        if rows.any():
+            idx = np.flatnonzero(rows)
+            subset = strings.take(pa.array(idx))
+            digits = _mask(pc.match_substring_regex(subset, "[0-9]{3}"))
+            rows[idx] = False
+            if digits.any():
+                rows[idx[digits]] = cjk_rows(subset.filter(pa.array(digits)), ignore="[0-9]+")
+        hits = 0
+
+        def inner(subset: pa.Array) -> pa.Array:
+            nonlocal hits
+            subset, hits = rule(subset)
+            return subset
+
+        return _patch(strings, rows, inner), hits
+
+    return run
+
+
 def _regex_rule(pattern: str, replacement: str) -> _Rule:
     return lambda strings: _replace_counted(strings, pattern, replacement)
 
@@ -468,9 +574,15 @@ class NoiseStage(Stage):
         if on.emails:
             email = _regex_rule(_EMAIL, _rewrite_literal(cfg.email_placeholder))
             rules.append(("emails", _prechecked(("@",), email), not cfg.email_placeholder))
+        if on.resident_ids:
+            rules.append(("resident_ids", _mask_resident_ids(cfg.id_placeholder), not cfg.id_placeholder))
         if on.phones:
             phone = _regex_rule(_PHONE, _rewrite_literal(cfg.phone_placeholder))
             rules.append(("phones", phone, not cfg.phone_placeholder))
+        for name, pattern in (("phones_cn", _PHONE_CN), ("phones_tw", _PHONE_TW)):
+            if getattr(on, name):
+                national = _in_cjk_rows(_regex_rule(pattern, _rewrite_literal(cfg.phone_placeholder)))
+                rules.append((name, national, not cfg.phone_placeholder))
         if on.boilerplate:
             boilerplate = _regex_rule(_BOILERPLATE, "")
             rules.append(("boilerplate", _prechecked((_BOILERPLATE_KEYWORDS,), boilerplate), True))

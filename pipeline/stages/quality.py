@@ -15,12 +15,22 @@ of at least ``min_words_for_ratios`` words, line checks rows of at least
 ``min_lines_for_line_checks`` non-empty lines, repetition checks rows of at least
 ``min_words_for_repetition`` words. The scores themselves are computed for every
 row, so gates, like thresholds, can be tuned from the report without a re-run.
+
+Rows written in a CJK script (Chinese, Japanese, Korean; decided row by row by
+:func:`pipeline.text.script.is_cjk`, score ``cjk``) have no spaces between words, so
+word counts and word lengths say nothing about them. They are judged instead by
+character counts (``min_chars``, ``max_chars``), the share of CJK characters
+(``min_cjk_char_share``) and data-juicer's character repetition ratio
+(``max_char_rep_ratio``), besides the line, symbol and duplicate-line checks that
+judge every row; in their word counts punctuation is no word. A dataset mixing
+Chinese and English rows is so judged fairly on each. Every other row is judged
+exactly as before, by the word checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +67,15 @@ class QualityConfig(StageConfig):
     """Duplicate-line and n-gram checks only judge rows this long. Gopher's shares were
     made for web pages; on a two-line quote one repeated phrase ("because he is a")
     already covers 20% of the words, so short rows are not judged on repetition."""
+    min_chars: int | None = Field(5, ge=0)
+    """CJK rows: fewest characters, whitespace aside (``小不忍则乱大谋。`` has 8)."""
+    max_chars: int | None = Field(500_000, ge=0)
+    min_cjk_char_share: float | None = Field(0.1, ge=0)
+    """CJK rows: share of their characters (whitespace aside) that are CJK characters;
+    below it a row is mostly digits, symbols, markup or code."""
+    max_char_rep_ratio: float | None = Field(0.6, ge=0)
+    """CJK rows: data-juicer's character repetition ratio (10-grams), with the
+    threshold of its Chinese recipe."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,9 @@ class Check:
     """True: fail when the score is above the threshold; False: when below."""
     gate: str | None = None
     """Config key of the gate; the row's ``_GATES[gate]`` score must reach it."""
+    rows: Literal["all", "cjk", "spaced"] = "all"
+    """The rows the check judges: CJK rows (see :mod:`pipeline.text.script`), the
+    others (scripts written with spaces between words), or all."""
 
 
 _GATES = {
@@ -79,10 +101,12 @@ _GATES = {
 }
 
 CHECKS: tuple[Check, ...] = (
-    Check("too_few_words", "word_count", "min_words", upper=False),
-    Check("too_many_words", "word_count", "max_words", upper=True),
-    Check("words_too_short", "mean_word_length", "min_mean_word_length", False, "min_words_for_ratios"),
-    Check("words_too_long", "mean_word_length", "max_mean_word_length", True, "min_words_for_ratios"),
+    Check("too_few_words", "word_count", "min_words", upper=False, rows="spaced"),
+    Check("too_many_words", "word_count", "max_words", upper=True, rows="spaced"),
+    Check("too_few_chars", "char_count", "min_chars", upper=False, rows="cjk"),
+    Check("too_many_chars", "char_count", "max_chars", upper=True, rows="cjk"),
+    Check("words_too_short", "mean_word_length", "min_mean_word_length", False, "min_words_for_ratios", "spaced"),
+    Check("words_too_long", "mean_word_length", "max_mean_word_length", True, "min_words_for_ratios", "spaced"),
     Check("too_many_symbols", "symbol_word_ratio", "max_symbol_word_ratio", True, "min_words_for_ratios"),
     Check(
         "too_many_ellipsis_lines",
@@ -92,7 +116,8 @@ CHECKS: tuple[Check, ...] = (
         "min_lines_for_line_checks",
     ),
     Check("too_many_bullet_lines", "bullet_line_share", "max_bullet_line_share", True, "min_lines_for_line_checks"),
-    Check("too_few_alpha_words", "alpha_word_share", "min_alpha_word_share", False, "min_words_for_ratios"),
+    Check("too_few_alpha_words", "alpha_word_share", "min_alpha_word_share", False, "min_words_for_ratios", "spaced"),
+    Check("too_few_cjk_chars", "cjk_char_share", "min_cjk_char_share", upper=False, rows="cjk"),
     Check("too_many_dup_lines", "dup_line_share", "max_dup_line_share", True, "min_words_for_repetition"),
     Check(
         "too_many_dup_line_chars",
@@ -102,9 +127,17 @@ CHECKS: tuple[Check, ...] = (
         "min_words_for_repetition",
     ),
     *(
-        Check(f"repeated_{n}grams", f"top_{n}gram_share", f"max_top_{n}gram_share", True, "min_words_for_repetition")
+        Check(
+            f"repeated_{n}grams",
+            f"top_{n}gram_share",
+            f"max_top_{n}gram_share",
+            True,
+            "min_words_for_repetition",
+            "spaced",
+        )
         for n in NGRAM_SIZES
     ),
+    Check("repeated_char_ngrams", "char_rep_ratio", "max_char_rep_ratio", True, "min_words_for_repetition", "cjk"),
 )
 """The checks in report order: a removed row's reason names the first one it failed."""
 
@@ -132,6 +165,8 @@ class QualityStage(Stage):
                 fails[i] = score > threshold if check.upper else score < threshold
             if check.gate is not None and (gate := getattr(cfg, check.gate)) is not None:
                 fails[i] &= scores[_GATES[check.gate]] >= gate
+            if check.rows != "all":
+                fails[i] &= scores["cjk"] if check.rows == "cjk" else ~scores["cjk"]
         return fails
 
     def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:

@@ -20,6 +20,11 @@ stages' business.
 ``top_{2,3,4}gram_share`` characters covered by the most frequent word n-gram, counted
                           once per occurrence, over all word characters; 0 unless it
                           occurs more than once
+``cjk``                   the row is written in a CJK script (:func:`pipeline.text.cjk.cjk_rows`)
+``char_count``            characters, whitespace aside
+``cjk_char_share``        CJK rows: CJK characters among them (null on other rows)
+``char_rep_ratio``        CJK rows: data-juicer's character repetition ratio, over
+                          10-grams of the text without whitespace (null on other rows)
 
 Departures from Gopher, chosen for fine-tuning rows rather than web pages:
 
@@ -31,6 +36,10 @@ Departures from Gopher, chosen for fine-tuning rows rather than web pages:
   of their characters (with its combining marks) counts as one word instead, so their
   n-grams are character n-grams, and they are left out of ``mean_word_length``, which
   is null for a row written only in them. Korean uses spaces and needs nothing special.
+  In CJK rows, tokens of punctuation and symbols alone are no words (``，``, ``。``, or
+  an ASCII ``,`` standing between two Chinese characters once these are spaced out);
+  rows of other scripts keep Gopher's whitespace words, punctuation tokens included, so
+  their scores are those of before.
 * Top n-gram shares count overlapping occurrences, as Gopher does, so "a a a a" would
   exceed 1; the score is capped at 1.
 
@@ -53,6 +62,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.text.cjk import cjk_rows
+from pipeline.text.script import CJK_CHARS
+
 NGRAM_SIZES = (2, 3, 4)
 
 # Scripts written without spaces between words, plus CJK punctuation and full-width
@@ -63,6 +75,12 @@ _UNSPACED = (
 )
 # Unicode spaces, which a byte-level split would not see (utf8_split_whitespace does).
 _UNICODE_SPACE = r"[\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
+# In CJK rows, once every CJK character stands alone: a run of whitespace-separated
+# tokens made of punctuation and symbols only (they are no words).
+_PUNCTUATION_TOKENS = r"(?:^|\s)(?:[\p{P}\p{S}]+\s+)*[\p{P}\p{S}]+(?:\s|$)"
+_ANY_SPACE = r"\s|" + _UNICODE_SPACE
+CHAR_NGRAM = 10
+"""Length of the character n-grams of ``char_rep_ratio`` (data-juicer's ``rep_len``)."""
 # A hashtag-like run of '#' (before a letter, digit or '_'), or an ellipsis.
 _HASHTAG = r"#+[\p{L}\p{N}_]"
 SYMBOL_PATTERN = _HASHTAG + r"|\.\.\.|…"
@@ -93,6 +111,10 @@ SCORE_COLUMNS = (
     "dup_line_share",
     "dup_line_char_share",
     *(f"top_{n}gram_share" for n in NGRAM_SIZES),
+    "cjk",
+    "char_count",
+    "cjk_char_share",
+    "char_rep_ratio",
 )
 
 
@@ -176,9 +198,11 @@ def _per_row(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 # --- words ---------------------------------------------------------------------------
 
 
-def _prepare_words(text: pa.Array, ascii_mask: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _prepare_words(text: pa.Array, ascii_mask: np.ndarray, cjk: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Text ready for a byte-level split: in non-ASCII rows, Unicode spaces become plain
-    spaces and each character of an unspaced script gets spaces around it.
+    spaces and each character of an unspaced script gets spaces around it. In CJK rows
+    (``cjk``), tokens of punctuation and symbols alone are then removed: ``，``, ``。``
+    or an ASCII ``,`` between two Chinese characters is no word.
 
     Also returns, per row, how many unspaced-script characters there were and their
     total length in characters (a character plus its combining marks).
@@ -196,6 +220,14 @@ def _prepare_words(text: pa.Array, ascii_mask: np.ndarray) -> tuple[pa.Array, np
         units[idx] = counts
         unit_chars[idx] = _np(pc.utf8_length(sub)) - _np(pc.utf8_length(stripped))
         sub = pc.replace_substring_regex(sub, f"({_UNSPACED})", r" \1 ")
+    in_cjk = cjk[idx]
+    if in_cjk.any():
+        at, rows = _subset(sub, in_cjk)
+        rows = pc.replace_substring_regex(rows, _PUNCTUATION_TOKENS, " ")
+        stripped = pc.replace_substring_regex(rows, _UNSPACED, "")
+        units[idx[at]] = _np(pc.count_substring_regex(rows, _UNSPACED))
+        unit_chars[idx[at]] = _np(pc.utf8_length(rows)) - _np(pc.utf8_length(stripped))
+        sub = _put(sub, at, rows)
     return _put(text, idx, sub), units, unit_chars
 
 
@@ -536,6 +568,72 @@ def _top_ngram_shares(
     return shares
 
 
+# --- CJK rows ------------------------------------------------------------------------
+
+
+def _char_rep_ratio(chars: list[str], n: int = CHAR_NGRAM) -> np.ndarray:
+    """Per string, data-juicer's character repetition ratio: of its character
+    n-grams, the share taken by the ``sqrt(distinct n-grams)`` most frequent ones that
+    occur more than once (0 for a string shorter than ``n`` or with no repeat).
+
+    An n-gram is a polynomial hash of its code points, keyed with its string's index
+    in the high bits; one sort counts them, a second (string, count) sort ranks them.
+    """
+    rows = len(chars)
+    out = np.zeros(rows, dtype=np.float64)
+    lengths = np.fromiter(map(len, chars), dtype=np.int64, count=rows)
+    grams = np.maximum(lengths - n + 1, 0)
+    if not grams.any():
+        return out
+    points = np.frombuffer("".join(chars).encode("utf-32-le"), dtype="<u4").astype(np.uint64)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    row = np.repeat(np.arange(rows), grams)
+    pos = starts[row] + np.arange(len(row)) - np.repeat(np.r_[0, np.cumsum(grams)[:-1]], grams)
+    row_shift = np.uint64(64 - max(1, int(rows - 1).bit_length()))
+    keys = np.zeros(len(pos), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            keys *= _POLY
+            keys += points[pos + k]
+        keys *= _MIX
+    keys >>= np.uint64(64) - row_shift
+    keys |= row.astype(np.uint64) << row_shift
+    keys.sort()
+    group = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    freq = np.diff(np.r_[group, len(keys)])
+    group_row = (keys[group] >> row_shift).astype(np.int64)
+    distinct = np.bincount(group_row, minlength=rows)
+    repeated = np.bincount(group_row[freq > 1], minlength=rows)
+    top = np.minimum(np.sqrt(distinct).astype(np.int64), repeated)
+    # Within each string, counts in falling order: sort by (string, -count).
+    ranked = np.sort((group_row << 32) | (0xFFFFFFFF - freq))
+    freq = 0xFFFFFFFF - (ranked & 0xFFFFFFFF)
+    group_row = ranked >> 32
+    rank = np.arange(len(freq)) - np.r_[0, np.cumsum(distinct)[:-1]][group_row]
+    taken = rank < top[group_row]
+    covered = np.bincount(group_row[taken], weights=freq[taken], minlength=rows)
+    return _share(covered, grams)
+
+
+def _cjk_scores(text: pa.Array, cjk: np.ndarray, word_chars: np.ndarray) -> dict[str, np.ndarray]:
+    """The scores that judge CJK rows instead of word counts: characters (whitespace
+    aside), the share of them that are CJK characters, and character repetition. Only
+    ``char_count`` is measured on other rows (their non-whitespace characters are their
+    word characters); the two others are null there."""
+    n = len(text)
+    char_count = word_chars.astype(np.int64)
+    cjk_char_share = np.full(n, np.nan)
+    char_rep_ratio = np.full(n, np.nan)
+    if cjk.any():
+        idx, sub = _subset(text, cjk)
+        solid = pc.replace_substring_regex(sub, _ANY_SPACE, "")
+        chars = _np(pc.utf8_length(solid)).astype(np.int64)
+        char_count[idx] = chars
+        cjk_char_share[idx] = _share(_np(pc.count_substring_regex(solid, CJK_CHARS)), chars)
+        char_rep_ratio[idx] = _char_rep_ratio(solid.to_pylist())
+    return {"cjk": cjk, "char_count": char_count, "cjk_char_share": cjk_char_share, "char_rep_ratio": char_rep_ratio}
+
+
 # --- all scores ----------------------------------------------------------------------
 
 
@@ -550,7 +648,9 @@ def quality_scores(text: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     ascii_mask = _np(pc.string_is_ascii(text)).astype(bool)
     all_ascii = bool(ascii_mask.all())
 
-    spaced, units, unit_chars = _prepare_words(text, ascii_mask)
+    cjk = np.zeros(n, dtype=bool) if all_ascii else cjk_rows(text)
+
+    spaced, units, unit_chars = _prepare_words(text, ascii_mask, cjk)
     words = _Words.split(spaced)
     letters, ids = words.letters_and_ids()
     lengths = words.char_lengths(all_ascii)
@@ -570,6 +670,7 @@ def quality_scores(text: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     scores.update(_line_scores(text, all_ascii))
     shares = _top_ngram_shares(ids, words.bounds, lengths, word_chars)
     scores.update({f"top_{k}gram_share": v for k, v in shares.items()})
+    scores.update(_cjk_scores(text, cjk, word_chars))
     return {name: scores[name] for name in SCORE_COLUMNS}
 
 
