@@ -16,12 +16,18 @@ from typing import Any
 from pipeline import executors
 from pipeline.config import PipelineConfig
 from pipeline.readers import Reader
+from pipeline.stages.base import StageContext
+from pipeline.steps import preflight
+from pipeline.store import Store
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Fail on missing files, unreadable headers and unmapped columns of any dataset."""
+    """Fail on missing files, unreadable headers and unmapped columns of any dataset,
+    and on what a stage would fail on mid-run (:func:`pipeline.steps.preflight`)."""
     for dataset in cfg.datasets:
-        Reader(dataset, cfg.shard_rows)
+        reader = Reader(dataset, cfg.shard_rows)
+        context = StageContext(dataset, Store(cfg.output, dataset.name))
+        preflight(dataset, cfg.stages_for(dataset), reader.info, context)
 
 
 def run_datasets(

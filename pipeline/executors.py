@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -59,6 +60,9 @@ _client: ContextVar[Client | None] = ContextVar("pipeline_dask_client", default=
 """The Dask client of the enclosing :func:`executor` block; Prefect copies it into the
 threads its tasks run in."""
 
+_slots: ContextVar[threading.BoundedSemaphore | None] = ContextVar("pipeline_local_slots", default=None)
+"""How many per-shard steps may run at once in this process (``local``)."""
+
 
 class ExecutorConfig(StrictModel):
     """The ``executor`` section of the config (``--executor``, ``--workers``, ``--address``)."""
@@ -68,6 +72,12 @@ class ExecutorConfig(StrictModel):
     workers: int | None = Field(default=None, gt=0)
     """dask: start a local cluster of this many single-threaded worker processes
     (default: one per core)."""
+    threads: int | None = Field(default=None, gt=0)
+    """local: at most this many per-shard steps at once (default: one per core).
+    Prefect's thread pool starts every shard's task at once, and each step holds its
+    shard and its temporaries: unbounded, a million rows in 20 shards held all 20
+    (10 GB); the steps are mostly Python, so more threads than cores add memory,
+    not speed."""
     address: str | None = None
     """dask: use the running scheduler at this address (``tcp://host:port``) instead."""
     timeout: float = Field(default=10.0, gt=0)
@@ -77,6 +87,8 @@ class ExecutorConfig(StrictModel):
     def _check_dask_keys(self) -> ExecutorConfig:
         if self.kind == "local" and (self.workers is not None or self.address is not None):
             raise ValueError("workers and address apply to kind dask only (--executor dask)")
+        if self.kind == "dask" and self.threads is not None:
+            raise ValueError("threads applies to kind local only (a Dask worker runs one step at a time)")
         if self.workers is not None and self.address is not None:
             raise ValueError("set workers (start a local cluster) or address (use a running scheduler), not both")
         return self
@@ -92,7 +104,11 @@ def executor(config: ExecutorConfig) -> Iterator[Client | None]:
     the run would wait forever.
     """
     if config.kind == "local":
-        yield None
+        token = _slots.set(threading.BoundedSemaphore(config.threads or os.cpu_count() or 1))
+        try:
+            yield None
+        finally:
+            _slots.reset(token)
         return
     try:
         import dask
@@ -124,9 +140,13 @@ def run(step: Callable[..., T], *args: object) -> T:
     """``step(*args)`` on the current executor: here, or on a Dask worker (waiting for
     it). A step's exception is raised here, as it would be in-process."""
     client = _client.get()
-    if client is None:
+    if client is not None:
+        return client.submit(step, *args, pure=False).result()
+    slots = _slots.get()
+    if slots is None:
         return step(*args)
-    return client.submit(step, *args, pure=False).result()
+    with slots:
+        return step(*args)
 
 
 @contextmanager

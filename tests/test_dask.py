@@ -84,6 +84,9 @@ def test_cli_flags_override_the_config_files_executor(
     assert executor("--workers", "3") == ExecutorConfig(kind="dask", workers=3)
     assert executor("--address", "tcp://127.0.0.1:9000").address == "tcp://127.0.0.1:9000"
     assert executor("--executor", "local") == ExecutorConfig()
+    file_section = ["executor.threads=1"]
+    assert executor() == ExecutorConfig(threads=1)
+    assert executor("--executor", "dask") == ExecutorConfig(kind="dask")
     file_section = []
     with pytest.raises(PipelineError, match="apply to kind dask only"):
         executor("--workers", "2")

@@ -1,0 +1,171 @@
+"""Memory flat in rows: what each bounded path must still compute exactly.
+
+The scale figures themselves are measured by ``benchmarks/scale.py``; these tests pin
+the behaviour the bounded paths must keep: split's compact summaries verify the same
+pairs as full shingles, publishing streams the ledger into one unified schema and
+writes each split's shard files as before, and the local executor runs at most
+``threads`` shard steps at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import executors
+from pipeline.dedup import minhash
+from pipeline.dedup.signatures import TextShingles, compact_minhash_columns, signature_matrix
+from pipeline.files import write_table
+from pipeline.schema import DatasetInfo
+from pipeline.stages.split import SplitConfig, SplitStage
+from pipeline.steps import Shard
+from pipeline.store import Store
+from pipeline.version import RunRecord, StageReport, publish
+
+MAN = Path("/usr/share/man/man1")
+TEXT = DatasetInfo("text", ("text",))
+
+
+def man_paragraphs(limit: int) -> list[str]:
+    """Paragraphs of real English manual pages (troff requests dropped)."""
+    pages = sorted(MAN.glob("*.1.gz"))[:200]
+    if not pages:
+        pytest.skip("no English man pages in /usr/share/man/man1 (package man-db / manpages absent)")
+    out: list[str] = []
+    for page in pages:
+        text = gzip.decompress(page.read_bytes()).decode("utf-8", "replace")
+        lines = [line for line in text.splitlines() if not line.startswith((".", "'"))]
+        for block in "\n".join(lines).split("\n\n"):
+            words = block.split()
+            if len(words) >= 12:
+                out.append(" ".join(words))
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def corpus_with_copies() -> list[str]:
+    """Real paragraphs, then near copies of every fifth (a few words replaced)."""
+    base = man_paragraphs(600)
+    copies = []
+    for i, text in enumerate(base[::5]):
+        words = text.split()
+        words[len(words) // 2] = "replaced"
+        copies.append(" ".join(words) + (" again" if i % 2 else ""))
+    return base + copies
+
+
+def test_shingles_computed_on_demand_verify_the_same_pairs_as_stored_ones() -> None:
+    texts = pa.array(corpus_with_copies())
+    parts = [texts.slice(lo, 250) for lo in range(0, len(texts), 250)]
+    stored = [minhash.shingle(p, n=5, kind="char") for p in parts]
+    sigs = [minhash.signatures(s, 128, seed=1) for s in stored]
+    compact = [pa.table(compact_minhash_columns(p, "char", 5, 128, seed=1, scheme="oph")) for p in parts]
+    lazy = [TextShingles(t, "char", 5) for t in compact]
+
+    eager = minhash.find_duplicates(stored, sigs, threshold=0.5, verify="exact")
+    on_demand = minhash.find_duplicates(lazy, [signature_matrix(t, 128) for t in compact], threshold=0.5, verify="exact")
+
+    assert len(eager.pairs) >= 100  # the copies were found, across parts too
+    assert len({(a // 250, b // 250) for a, b in eager.pairs}) > 1
+    np.testing.assert_array_equal(on_demand.pairs, eager.pairs)
+    np.testing.assert_array_equal(on_demand.similarity, eager.similarity)
+    assert [int(s.sizes.sum()) for s in stored] == [int(t.column("shingle_count").to_numpy().sum()) for t in compact]
+    for sig, table in zip(sigs, compact):
+        np.testing.assert_array_equal(signature_matrix(table, 128), sig)
+
+
+def test_compact_summaries_sign_in_slices_as_one_pass_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.dedup import signatures
+
+    texts = pa.array(man_paragraphs(300))
+    whole = compact_minhash_columns(texts, "char", 5, 64, seed=1, scheme="oph")
+    monkeypatch.setattr(signatures, "COMPACT_ROWS", 7)
+    sliced = compact_minhash_columns(texts, "char", 5, 64, seed=1, scheme="oph")
+    assert pa.table(sliced).equals(pa.table(whole))
+
+
+def test_split_summaries_hold_text_not_shingles() -> None:
+    texts = man_paragraphs(300)
+    table = pa.table({"row_id": [f"r{i}" for i in range(len(texts))], "text": texts, "changed_by": [None] * len(texts)})
+    summary = SplitStage(SplitConfig(), TEXT).summarize(table)
+    assert "shingles" not in summary.column_names
+    assert summary.column("key_text").to_pylist() == texts
+    # 8 bytes per character 5-gram would be ~8x the text; the compact layout is under 2x.
+    text_bytes = sum(len(t.encode()) for t in texts)
+    assert summary.nbytes < 2 * text_bytes + 4 * 128 * len(texts) + 64 * len(texts)
+
+
+def _removed(path: Path, ids: list[str], extra: dict[str, list] | None = None) -> str:
+    n = len(ids)
+    columns = {"row_id": ids, "text": [f"text of {i}" for i in ids], "changed_by": [None] * n}
+    columns |= extra or {}
+    columns |= {"reason": ["r:x"] * n, "detail": ["{}"] * n}
+    write_table(pa.table(columns), path)
+    return str(path)
+
+
+def test_the_ledger_is_streamed_into_one_schema_in_stage_and_shard_order(tmp_path: Path) -> None:
+    kept = [tmp_path / f"kept-{i}.parquet" for i in range(2)]
+    write_table(pa.table({"row_id": ["k0", "k1"], "text": ["a", "b"], "changed_by": [None, None], "split": ["train", "test"]}), kept[0])
+    write_table(pa.table({"row_id": ["k2"], "text": ["c"], "changed_by": [None], "split": ["train"]}), kept[1])
+    removed = {
+        "quality": [_removed(tmp_path / "q0.parquet", ["q0"]), _removed(tmp_path / "q1.parquet", ["q1", "q2"])],
+        # a later stage's removals carry a column the earlier ones lack
+        "augment": [_removed(tmp_path / "a0.parquet", ["a0"], {"split": ["train"]})],
+    }
+    record = RunRecord(
+        dataset="d", info=TEXT, fingerprint="f" * 64, inputs=[], config={}, config_hash="c" * 64, input_rows=7,
+        final=[Shard(str(kept[0]), 2), Shard(str(kept[1]), 1)], removed=removed, scores={},
+        stages=[StageReport("quality", True, 7, 4, reasons={"r:x": 3}), StageReport("augment", True, 4, 3, reasons={"r:x": 1})],
+    )
+    _, path = publish(record, Store(tmp_path / "out", "d"))
+    ledger = pq.read_table(path / "reports" / "removed.parquet")
+    assert ledger.column_names == ["row_id", "stage", "reason", "detail", "text", "changed_by", "split"]
+    assert ledger.column("row_id").to_pylist() == ["q0", "q1", "q2", "a0"]
+    assert ledger.column("stage").to_pylist() == ["quality"] * 3 + ["augment"]
+    assert ledger.column("split").to_pylist() == [None, None, None, "train"]
+    assert ledger.column("text").to_pylist()[3] == "text of a0"
+    data = sorted(p.name for p in (path / "data").iterdir())
+    assert data == [
+        "test-ffffffffffff-00000-of-00001.parquet",
+        "train-ffffffffffff-00000-of-00002.parquet",
+        "train-ffffffffffff-00001-of-00002.parquet",
+    ]
+    assert pq.read_table(path / "data" / data[2]).column("row_id").to_pylist() == ["k2"]
+
+
+def test_the_local_executor_runs_at_most_threads_steps_at_once() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def step(_: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    with executors.executor(executors.ExecutorConfig(threads=2)):
+        # Prefect copies the context into its task threads; so does this.
+        import contextvars
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(executors.run, step, i)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert peak == 2
+
+
+def test_threads_is_for_the_local_executor_only() -> None:
+    with pytest.raises(ValueError, match="threads applies to kind local only"):
+        executors.ExecutorConfig(kind="dask", threads=2)
