@@ -113,6 +113,8 @@ def verify_version(path: Path) -> VerifiedVersion:
     files = _data_files(path, manifest["fingerprint"], where)
     splits = manifest["counts"].get("splits", {})
     rows = {split: sum(pq.ParquetFile(f).metadata.num_rows for f in paths) for split, paths in files.items()}
+    if not any(rows.values()) and not any(splits.values()):  # published before empty versions were refused
+        raise PipelineError(f"{where}: it has no rows (every input row was removed: see its reports/removed.parquet)")
     if rows != {s: n for s, n in splits.items() if n}:
         raise PipelineError(f"{where}: rows per split {rows} differ from the manifest's counts.splits {splits}")
     checks = ["names", "counts"]

@@ -34,6 +34,7 @@ from pipeline.train.causal import InstructionTask
 from pipeline.train.classification import ClassificationTask
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Splits, conversations, load_splits
+from pipeline.train.lengths import cut_rows_warning
 from pipeline.train.loop import Backoff, Device, FitResult, Task, evaluate, fit
 from pipeline.train.manifest import VerifiedVersion, verify_version
 from pipeline.train.models import ModelSource, add_lora, load_model, load_tokenizer, lora_targets, resolve_model
@@ -73,6 +74,8 @@ def prepare(version_path: Path, config: TrainConfig, progress: Progress) -> Prep
     """Verify the version (refusing one that does not), read its splits, load the model."""
     version = verify_version(Path(version_path))
     config = config.resolved(version.kind)
+    if (warning := cut_rows_warning(version, config.max_length)) is not None:
+        progress.note(warning)
     device = Device.choose(config.device, config.precision)
     splits = load_splits(version, config)
     source = resolve_model(config.model, version.kind, note=progress.note)
