@@ -5,34 +5,119 @@ unless the user points ``PREFECT_API_URL`` at a server, Prefect starts a tempora
 whose home (database, logs) lives in ``<output>/.prefect``, out of the user's way.
 The ``prepare_*`` functions set environment defaults, read when ``prefect`` is first
 imported: call them before that. Nothing here imports ``prefect`` at module level.
+
+The temporary server is a child process (``python -m uvicorn ...``) that Prefect stops
+at exit; a run that is killed cannot, and the server (about 200 MB) would run on for
+good. Each run marks its server with its own identity, passed down in the environment,
+and stops the servers whose run is gone before it starts its own (:func:`stop_orphaned_servers`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
+from pipeline.files import DISK_FULL_MESSAGES, disk_full
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
+SERVER_ROOM = 8 * 2**20
+"""Free bytes the temporary server needs for its SQLite database (5 MB new, then growing)."""
+RUN_ID = "PIPELINE_RUN_ID"
+"""The environment variable that names the run (pid and start time) a server belongs to."""
+EPHEMERAL = "PREFECT__SERVER_EPHEMERAL=1"
+"""What Prefect puts in its temporary server's environment, and no other process's."""
+
+
 def prepare_prefect(output: str, verbose: bool) -> None:
-    """Hermetic Prefect defaults for a run in this process; must run before ``prefect`` is imported."""
+    """Hermetic Prefect defaults for a run in this process; must run before ``prefect`` is imported.
+
+    Stops the temporary servers of runs that were killed, and marks this run's own."""
+    stop_orphaned_servers()
+    own = _process_id(os.getpid())
+    if own is not None:
+        os.environ[RUN_ID] = own
     if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_HOME", str(Path(output).resolve() / ".prefect"))
-        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes no parents
+        home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(output).resolve() / ".prefect")))
+        home.mkdir(parents=True, exist_ok=True)  # Prefect makes no parents
+        free = shutil.disk_usage(home).free
+        if free < SERVER_ROOM:
+            # Else the server fails to start, again and again on new ports, for 90 s,
+            # printing its traceback each time.
+            raise PipelineError(
+                f"disk full: {free / 2**20:.1f} MB free in {home}, where Prefect's temporary server keeps its "
+                f"database (it needs about {SERVER_ROOM // 2**20} MB): free some space or choose another --output, "
+                "then run again"
+            )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _process_id(pid: int) -> str | None:
+    """``<pid>:<start time>`` of a live process (a pid alone may be reused), from
+    ``/proc``; None if there is no such process, or no ``/proc`` (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)", which may hold spaces
+    if fields[0] == "Z":  # exited, not yet reaped
+        return None
+    return f"{pid}:{fields[19]}"
+
+
+def _orphaned_servers() -> list[int]:
+    """Pids of the temporary Prefect servers started by runs that are gone."""
+    orphans = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        owner = next((v[len(RUN_ID) + 1:].decode() for v in environ if v.startswith(f"{RUN_ID}=".encode())), "")
+        pid = owner.split(":")[0]
+        if not pid.isdigit() or EPHEMERAL.encode() not in environ:
+            continue
+        if _process_id(int(pid)) != owner and _process_id(int(entry.name)) is not None:
+            orphans.append(int(entry.name))
+    return orphans
+
+
+def stop_orphaned_servers(grace: float = 5.0) -> list[int]:
+    """Stop the temporary Prefect servers whose run was killed (SIGTERM, then SIGKILL
+    after ``grace`` seconds); their pids. A live run's server is left alone, whatever
+    output folder it serves: only a server whose run is gone counts."""
+    orphans = _orphaned_servers()
+    for pid in orphans:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_process_id(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in orphans:
+        if _process_id(pid) is not None:
+            _signal(pid, signal.SIGKILL)
+    return orphans
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def prepare_prefect_for_serving() -> None:
@@ -44,15 +129,19 @@ def prepare_prefect_for_serving() -> None:
 
 
 class HideInputErrors(logging.Filter):
-    """Drop Prefect's log records about a ``PipelineError``.
+    """Drop Prefect's log records about a ``PipelineError`` or a full disk.
 
-    Such an error is the user's input or config, and the CLI reports it in one line;
-    Prefect would also log it, with a traceback, once per task and once per flow.
+    Such an error is the user's input or config, or their disk, and the CLI reports it
+    in one line; Prefect would also log it, with a traceback, once per task and once
+    per flow. Its state lines keep only the exception's text, hence the messages.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, PipelineError) and "PipelineError" not in record.getMessage()
+        if isinstance(exc, PipelineError) or disk_full(exc):
+            return False
+        message = record.getMessage()
+        return "PipelineError" not in message and not any(m in message for m in DISK_FULL_MESSAGES)
 
 
 def _prefect_handlers() -> list[logging.Handler]:

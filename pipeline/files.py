@@ -5,10 +5,14 @@ target, so a run killed mid-write leaves no half file behind for a resumed run, 
 reader or a checksum to pick up. Shards and reports are Parquet; global stages'
 per-shard summaries are uncompressed Arrow IPC files, which :func:`read_arrow` maps
 into memory without decoding.
+
+A write that fails because the disk (or the user's quota) is full is told apart by
+:func:`disk_full`, so that the run can say so in one line and give the space back.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -17,6 +21,23 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_MESSAGES = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
+"""How a full disk reads in a message that kept no exception (Prefect's state lines)."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling, is a full
+    disk or quota. The chain is followed because Prefect, Dask and pyarrow re-raise a
+    failed write as their own exception (pyarrow's ``OSError`` keeps the errno)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -12,11 +12,19 @@ it in the manifest.
 
 A later import wins over an earlier one for the same row; a row whose decision is
 left blank keeps whatever was decided before.
+
+The edited file comes back from whatever program the person used, so it is read as
+spreadsheet programs write it: UTF-8 with or without a byte-order mark, UTF-16 with
+one, else Windows-1252 (Latin-1's superset); commas, semicolons or tabs. Every problem
+names its line, counted from 1 as an editor shows it, and the file's ``dataset`` must
+be a folder of the store, never a path out of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,27 +100,102 @@ def export_issues(ref: VersionRef, out: Path, top: int, everything: bool = False
     return len(rows)
 
 
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+DELIMITERS = (",", ";", "\t")
+"""What spreadsheet programs separate CSV fields with (``;`` where ``,`` is the decimal mark)."""
+
+
+def _decode(path: Path) -> str:
+    """The text of an edited file: by its byte-order mark, else UTF-8, else Windows-1252
+    (which a spreadsheet program on Windows writes; Latin-1 where cp1252 has no character)."""
+    raw = path.read_bytes()
+    for bom, encoding in BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise PipelineError(f"{path}: not valid {encoding} after its byte-order mark ({exc.reason})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of each record that is not blank, the line where the record starts;
+    the delimiter is the one the header line uses most. Strict, so that a quote left
+    open is an error at its line rather than one field that swallows the rest."""
+    header = text.split("\n", 1)[0]
+    delimiter = max(DELIMITERS, key=header.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    columns: list[str] | None = None
+    while True:
+        line = reader.line_num + 1  # where the next record starts: a quoted field may span lines
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise PipelineError(f"{path}:{line}: not valid CSV ({exc}; a quote opened here and not closed?)") from None
+        if columns is None:
+            columns = [c.strip() for c in record]
+            missing = {ROW_ID, "decision", "label", "dataset", "version"} - set(columns)
+            if missing:
+                raise PipelineError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}; export a fresh file")
+        elif any(field.strip() for field in record):
+            rows.append((line, dict(zip(columns, record))))
+    return rows
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of each line that is not blank. Split on ``\\n`` only: the export
+    writes texts unescaped, and one may hold a character ``str.splitlines`` breaks at."""
+    rows = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise PipelineError(f"{path}:{i}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise PipelineError(f"{path}:{i}: expected a JSON object (the row's columns), got {type(row).__name__}")
+        rows.append((i, row))
+    return rows
+
+
 def _read_edited(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) of an edited review file."""
     if not path.is_file():
         raise PipelineError(f"review file {path} not found")
-    if path.suffix == ".csv":
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = {ROW_ID, "decision", "label", "dataset", "version"} - set(reader.fieldnames or [])
-            if missing:
-                raise PipelineError(f"{path}: missing column(s) {', '.join(sorted(missing))}; export a fresh file")
-            return [(i + 2, row) for i, row in enumerate(reader)]
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((i, json.loads(line)))
-                except ValueError as exc:
-                    raise PipelineError(f"{path}:{i}: not valid JSON ({exc})") from exc
-        return rows
-    raise PipelineError(f"{path}: expected the .csv or .jsonl file that `review export` wrote")
+    if path.suffix not in (".csv", ".jsonl"):
+        raise PipelineError(f"{path}: expected the .csv or .jsonl file that `review export` wrote")
+    text = _decode(path)
+    return _read_csv(path, text) if path.suffix == ".csv" else _read_jsonl(path, text)
+
+
+def _target(edited: Path, rows: list[tuple[int, dict[str, Any]]], root: Path) -> tuple[Store, str]:
+    """The store and version every row of ``edited`` names; the first line that names
+    another, or a dataset that is not a folder of ``root``, is an error."""
+    first_line, first = rows[0]
+    dataset, version = str(first.get("dataset")), str(first.get("version"))
+    for line, row in rows:
+        if (str(row.get("dataset")), str(row.get("version"))) != (dataset, version):
+            raise PipelineError(
+                f"{edited}:{line}: dataset/version {row.get('dataset')}/{row.get('version')} differs from line "
+                f"{first_line}'s {dataset}/{version}; import one export at a time"
+            )
+    if dataset in ("", ".", "..") or dataset != Path(dataset).name or dataset.startswith(".") or "\\" in dataset:
+        raise PipelineError(f"{edited}:{first_line}: dataset {dataset!r} is not the name of a dataset of {root}")
+    store = Store(root, dataset)
+    if version not in store.versions():
+        raise PipelineError(f"{edited}:{first_line}: version {dataset}/{version} is not in {root}")
+    return store, version
 
 
 @dataclass
@@ -130,13 +213,8 @@ def import_decisions(edited: Path, root: Path) -> Imported:
     rows = _read_edited(edited)
     if not rows:
         raise PipelineError(f"{edited}: no rows")
-    targets = {(str(r.get("dataset")), str(r.get("version"))) for _, r in rows}
-    if len(targets) != 1:
-        raise PipelineError(f"{edited}: rows from several versions ({sorted(targets)}); import one export at a time")
-    dataset, version = targets.pop()
-    store = Store(root, dataset)
-    if version not in store.versions():
-        raise PipelineError(f"{edited}: version {dataset}/{version} is not in {root}")
+    store, version = _target(edited, rows, root)
+    dataset = store.dataset
     report = _report(load_version(store.dir / version))
     known_rows = set(report.column(ROW_ID).to_pylist())
     classes = pc.unique(pc.drop_null(report.column("given_label"))).to_pylist()
@@ -164,9 +242,11 @@ def import_decisions(edited: Path, root: Path) -> Imported:
     target = decisions_path(store)
     merged = _read_store(target)
     merged.update(decided)
-    target.parent.mkdir(parents=True, exist_ok=True)
     lines = (json.dumps(merged[k], ensure_ascii=False, sort_keys=True) + "\n" for k in sorted(merged))
-    write_text(target, "".join(lines))
+    try:
+        write_text(target, "".join(lines))
+    except OSError as exc:
+        raise PipelineError(f"{target}: cannot write the decisions there: {exc.strerror or exc}") from None
     counts = {d: sum(1 for e in decided.values() if e["decision"] == d) for d in DECISIONS}
     return Imported(target, counts, blank, len(merged))
 

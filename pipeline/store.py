@@ -6,13 +6,16 @@
       LATEST                  name of the newest version, replaced atomically
       v0001/                  data/*.parquet, reports/*.parquet, manifest.json, README.md
       .staging-<id>/          a version being written; never read
+      .staging-<id>.lock      held by the run writing it, removed with it
       .work/<key>/            shards and cached task results of a run in progress
       .work/<key>.lock        held by the run using that work folder, removed with it
 
 A version is written in full to a staging folder, then published under a lock by one
 ``rename``: a crash at any point leaves either no new version or a complete one, never
 half of one. Version numbers are allocated under the same lock, so two runs on one
-output folder cannot take the same number.
+output folder cannot take the same number. A run killed while publishing leaves its
+staging folder behind; the next run removes it (:meth:`Store.remove_stale`), knowing it
+for a dead run's because no live process holds its lock.
 
 Two runs of the same inputs would share a work folder, and the first to publish
 removes it under the other: :meth:`Store.work_lock` makes the second wait for the
@@ -25,16 +28,22 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.files import write_text
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+STAGING = ".staging-"
+
+_held_staging: dict[Path, ExitStack] = {}
+"""Staging folder -> the lock this process holds on it, whichever ``Store`` made it."""
 
 
 class Store:
@@ -73,9 +82,44 @@ class Store:
         return self.dir / ".work" / key[:16]
 
     def new_staging(self) -> Path:
-        path = self.dir / f".staging-{uuid.uuid4().hex[:12]}"
-        path.mkdir(parents=True)
+        """A fresh staging folder, held until :meth:`publish` or :meth:`discard`.
+
+        Its lock (``.staging-<id>.lock``) is taken before the folder exists, so a folder
+        whose lock nobody holds is one whose run died: the kernel drops the locks of a
+        dead process, whatever killed it.
+        """
+        path = self.dir / f"{STAGING}{uuid.uuid4().hex[:12]}"
+        held = ExitStack()
+        held.enter_context(_flock(path.with_name(path.name + ".lock"), remove=True))
+        try:
+            path.mkdir()
+        except BaseException:
+            held.close()
+            raise
+        _held_staging[path] = held
         return path
+
+    def remove_stale(self) -> list[str]:
+        """Delete the staging folders of runs that died while publishing (and lock files
+        of runs that died before making theirs); the names of the folders removed.
+
+        A live run's folder is never touched: its lock is held. Runs call this when they
+        start, so a killed run's staging folder outlives it only until the next run.
+        """
+        if not self.dir.is_dir():
+            return []
+        names = {p.name.removesuffix(".lock") for p in self.dir.glob(f"{STAGING}*")}
+        removed = []
+        for name in sorted(names):
+            with _try_flock(self.dir / f"{name}.lock") as free:
+                if free and (self.dir / name).is_dir():
+                    shutil.rmtree(self.dir / name, ignore_errors=True)
+                    removed.append(name)
+        return removed
+
+    def remove_work(self, key: str) -> None:
+        """Delete the work folder of ``key`` (its holder calls this, under :meth:`work_lock`)."""
+        shutil.rmtree(self.work_dir(key), ignore_errors=True)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -113,11 +157,18 @@ class Store:
             write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             target = self.dir / version
             os.rename(staging, target)
+            self._release(staging)
             write_text(self.dir / LATEST, version + "\n")
         return version, target
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
+        self._release(staging)
+
+    def _release(self, staging: Path) -> None:
+        held = _held_staging.pop(staging, None)
+        if held is not None:
+            held.close()
 
 
 @contextmanager
@@ -149,6 +200,28 @@ def _flock(path: Path, on_wait: Callable[[], Any] | None = None, remove: bool = 
             return
 
 
+@contextmanager
+def _try_flock(path: Path) -> Iterator[bool]:
+    """:func:`_flock` with ``remove``, without waiting: yields whether the lock was free.
+
+    False too when its holder let go and removed the file between our open and our
+    lock: whatever the lock guarded is then that holder's business, done.
+    """
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        if not _same_file(path, fh.fileno()):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def _same_file(path: Path, fd: int) -> bool:
     try:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -167,3 +240,19 @@ def staged_folder(parent: Path, name: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail in one line if ``folder`` cannot take new files (or, if it does not exist
+    yet, its nearest existing parent cannot take it): a file in its place or above it,
+    a read-only file system, no permission. ``what`` names where the folder came from
+    (``--output``). Checked before any work, so that a run does not find out at its
+    first write, after its inputs were read and a server started; nothing is created."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise PipelineError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"{what} {folder}: cannot write there: {exc.strerror or exc}") from None

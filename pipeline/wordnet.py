@@ -12,7 +12,10 @@ is a digest of the source folder's path and file sizes and times: pointing the
 pipeline at another WordNet gives another copy instead of a stale one.
 
 The source folder is ``stages.augment.wordnet_dir`` when set, else the environment
-variable ``PIPELINE_WORDNET_DIR``, else ``/usr/share/wordnet``.
+variable ``PIPELINE_WORDNET_DIR``, else ``/usr/share/wordnet``. WordNet is optional
+(none of the PyPI packages checked carries the database in its wheel, so a machine
+without ``wordnet-base`` has none): the ``augment`` stage then does without synonyms,
+and :func:`absent` tells it so.
 """
 
 from __future__ import annotations
@@ -59,11 +62,26 @@ def _source_path(configured: str | os.PathLike[str] | None) -> Path:
     return Path(configured or os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
 
+def _missing(src: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (src / name).is_file()]
+
+
+def absent(configured: str | os.PathLike[str] | None = None) -> str | None:
+    """Why there is no WordNet to read where :func:`source_dir` looks, in a few words
+    ("no WordNet found in /usr/share/wordnet"), or None when there is one: for callers
+    that can do without synonyms, and say so, rather than stop."""
+    src = _source_path(configured)
+    missing = _missing(src)
+    if not missing:
+        return None
+    return f"no WordNet found in {src}" + (f" (no {missing[0]} there)" if src.is_dir() else "")
+
+
 def source_dir(configured: str | os.PathLike[str] | None = None) -> Path:
     """The WordNet folder to read: ``configured``, else ``$PIPELINE_WORDNET_DIR``,
     else ``/usr/share/wordnet``; a :class:`PipelineError` when it is not a WordNet."""
     src = _source_path(configured)
-    missing = [name for name in REQUIRED_FILES if not (src / name).is_file()]
+    missing = _missing(src)
     if missing:
         detail = "" if not src.is_dir() else f" (no {missing[0]} there)"
         raise PipelineError(

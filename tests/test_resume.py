@@ -1,10 +1,11 @@
 """Resume after SIGKILL, and two runs on one store at once, with real processes.
 
 Each run is ``python -m pipeline run`` in a process of its own, against the session's
-real Prefect server (``tests/servers.py``). A run is killed with SIGKILL as soon as
-the work folder of a late stage appears; which steps the next run took from the cache
-is read from Prefect's own log lines (``Task run 'near_dedup-shard-00003' - Finished
-in state Cached(type=COMPLETED)``).
+real Prefect server (``tests/servers.py``), or with Prefect's temporary server where
+what is tested is that server's fate. A run is killed with SIGKILL as soon as the work
+folder of a late stage appears, or its version's staging folder; which steps the next
+run took from the cache is read from Prefect's own log lines (``Task run
+'near_dedup-shard-00003' - Finished in state Cached(type=COMPLETED)``).
 """
 
 from __future__ import annotations
@@ -74,12 +75,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Run:
-    """``python -m pipeline run`` in its own process group, logging to a file."""
+    """``python -m pipeline run`` in its own process group, logging to a file; with
+    ``api`` None, on Prefect's temporary server, at home in ``<out>/.prefect``."""
 
-    def __init__(self, api: str, data: Path, out: Path, *sets: str, name: str = "run") -> None:
+    def __init__(self, api: str | None, data: Path, out: Path, *sets: str, name: str = "run") -> None:
         self.out = out
         self.log = out.parent / f"{out.name}-{name}.log"
         env = service_env(out.parent / ".prefect-client", api)
+        if api is None:
+            del env["PREFECT_HOME"]  # the command's own choice: <out>/.prefect
         env["PREFECT_LOGGING_LEVEL"] = "INFO"  # the tests' own setting is WARNING
         args = [
             sys.executable, "-m", "pipeline", "run", "--input", str(data), "--output", str(out), "-q", "-v",
@@ -101,9 +105,11 @@ class Run:
         assert code == 0, f"run failed ({code}):\n{self.text()[-3000:]}"
         return self.text()
 
-    def kill_when(self, pattern: str) -> None:
+    def kill_when(self, pattern: str, group: bool = True) -> None:
         """SIGKILL the run as soon as a new path matches ``pattern`` (a glob under
-        the output folder): one that did not match when the run started."""
+        the output folder): one that did not match when the run started. With
+        ``group`` False, the command's process alone, as ``kill -9 PID`` does: the
+        processes it started live on."""
         before = set(self.out.glob(pattern))
         deadline = time.monotonic() + RUN_SECONDS
         while not set(self.out.glob(pattern)) - before:
@@ -113,7 +119,10 @@ class Run:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 raise AssertionError(f"{pattern} did not appear in {RUN_SECONDS} s")
             time.sleep(0.01)
-        os.killpg(self.process.pid, signal.SIGKILL)
+        if group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            os.kill(self.process.pid, signal.SIGKILL)
         assert self.process.wait(30) == -signal.SIGKILL
 
 
@@ -165,7 +174,7 @@ def assert_same_version(a: Path, b: Path) -> None:
 
 
 def assert_clean(dataset_dir: Path) -> None:
-    """No half-written version, and no work folder or lock left behind."""
+    """No half-written version or its lock, and no work folder or lock left behind."""
     assert not [p.name for p in dataset_dir.iterdir() if p.name.startswith(".staging")]
     work = dataset_dir / ".work"
     assert not work.exists() or not any(work.iterdir()), sorted(p.name for p in work.iterdir())
@@ -184,9 +193,31 @@ def curate_in_process(api: str, data: Path, out: Path) -> None:
         assert curate(config=config.model_dump(mode="json"), dataset="data")["status"] == "published"
 
 
+@pytest.fixture(scope="module")
+def whole(corpus: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:  # noqa: F811
+    """The version an uninterrupted run publishes from ``corpus``."""
+    out = tmp_path_factory.mktemp("whole") / "out"
+    curate_in_process(prefect_api, corpus, out)
+    return out / "data" / "v0001"
+
+
+def temporary_servers(home: Path) -> list[int]:
+    """Pids of the live Prefect temporary servers whose home is ``home``."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"PREFECT_HOME={home}".encode() in environ and b"PREFECT__SERVER_EPHEMERAL=1" in environ and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 @pytest.mark.integration
 def test_killed_run_resumes_and_a_changed_stage_reruns_from_that_stage_on(
-    corpus: Path, tmp_path: Path, prefect_api: str  # noqa: F811
+    corpus: Path, whole: Path, tmp_path: Path, prefect_api: str  # noqa: F811
 ) -> None:
     out = tmp_path / "out"
     Run(prefect_api, corpus, out).kill_when(f"data/.work/*/{SPLIT}")
@@ -204,9 +235,29 @@ def test_killed_run_resumes_and_a_changed_stage_reruns_from_that_stage_on(
     states = task_states(Run(prefect_api, corpus, out, name="resumed").wait())
     assert_states(states, cached_before="split", rerun_before="split")
     assert "Completed" in states["split"], "the first run was killed after split had finished"
-    whole = tmp_path / "whole"
-    curate_in_process(prefect_api, corpus, whole)
-    assert_same_version(whole / "data" / "v0001", out / "data" / "v0001")
+    assert_same_version(whole, out / "data" / "v0001")
+    assert_clean(out / "data")
+
+
+@pytest.mark.integration
+def test_cached_results_whose_files_are_gone_are_computed_again(
+    corpus: Path, whole: Path, tmp_path: Path, prefect_api: str  # noqa: F811
+) -> None:
+    """What a run killed while deleting its work folder leaves (publishing deletes it
+    while the report is drawn): cached results whose files are gone. The next run
+    must not trust them, and computes what is missing."""
+    out = tmp_path / "out"
+    Run(prefect_api, corpus, out).kill_when(f"data/.work/*/{SPLIT}")
+    (work,) = (out / "data" / ".work").glob("*/")
+    files = sorted(p for p in work.rglob("*") if p.is_file() and "results" not in p.relative_to(work).parts)
+    for path in random.Random(0).sample(files, len(files) // 2):
+        path.unlink()
+    states = task_states(Run(prefect_api, corpus, out, name="resumed").wait())
+    # A stage that left a shard unchanged passes the shard it read on (no copy), so
+    # which stages lost files depends on the sample; some must have lost a part.
+    mixed = [stage for stage, seen in states.items() if seen == {"Cached", "Completed"}]
+    assert mixed, f"no stage took some steps from the cache and computed those missing files again: {states}"
+    assert_same_version(whole, out / "data" / "v0001")
     assert_clean(out / "data")
 
 
@@ -256,3 +307,33 @@ def test_work_lock_makes_a_second_holder_wait_and_leaves_no_file(tmp_path: Path)
     with store.work_lock("k" * 64, on_wait=lambda: events.append("waited")):
         pass
     assert events == ["first", "second"], "a free lock must not call on_wait"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "when",
+    ["data/.work/*/ingest/shard-00002.parquet", "data/.staging-*/data/*.parquet", "data/.staging-*/README.md"],
+    ids=["ingesting", "publishing", "deleting-the-work-folder"],
+)
+def test_a_killed_run_leaves_nothing_that_the_next_does_not_clean_up(
+    corpus: Path, whole: Path, tmp_path: Path, when: str
+) -> None:
+    """``kill -9`` of the command alone, as a user sends it, with Prefect's temporary
+    server: the server lives on, and a run killed while publishing leaves its staging
+    folder (and, once its data are written, a work folder being deleted). The next run
+    stops that server, removes that folder, and publishes the version."""
+    out = tmp_path / "out"
+    killed = Run(None, corpus, out)
+    try:
+        killed.kill_when(when, group=False)
+        orphans = temporary_servers(out / ".prefect")
+        assert orphans, "the killed run's temporary server should outlive it"
+        if ".staging" in when:
+            assert [p for p in (out / "data").glob(".staging-*") if p.is_dir()]
+        Run(None, corpus, out, name="next").wait()
+        assert not set(orphans) & set(temporary_servers(out / ".prefect"))
+        assert_same_version(whole, out / "data" / "v0001")
+        assert_clean(out / "data")
+    finally:
+        for pid in temporary_servers(out / ".prefect"):  # never leave one behind, whatever failed
+            os.kill(pid, signal.SIGKILL)

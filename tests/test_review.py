@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -118,7 +119,8 @@ def test_a_bad_decision_names_the_line_and_imports_nothing(
     snapshot = before.read_text() if before.exists() else None
     assert main(["review", "import", str(edited), "--output", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {edited}:3 ") and message in err and len(err.strip().splitlines()) == 1
+    line = 3 + rows[0]["text"].count("\n")  # the line an editor shows: the first row's text may span lines
+    assert err.startswith(f"error: {edited}:{line} ") and message in err and len(err.strip().splitlines()) == 1
     assert (before.read_text() if before.exists() else None) == snapshot
 
 
@@ -130,3 +132,83 @@ def test_export_of_a_version_without_label_issues_says_why(first, tmp_path: Path
         assert "has no reports/label_issues.parquet" in capsys.readouterr().err
     finally:
         (tmp_path / "moved.parquet").rename(Path(result["path"]) / "reports" / "label_issues.parquet")
+
+
+def _store_copy(out: Path, root: Path) -> Path:
+    """A store of its own holding v0001, so that an import changes no other test's."""
+    shutil.copytree(out / "labelled" / "v0001", root / "labelled" / "v0001")
+    return root
+
+
+def _write(path: Path, rows: list[dict], encoding: str = "utf-8", delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"),
+    [("utf-8-sig", ","), ("latin-1", ","), ("cp1252", ";"), ("utf-16", "\t")],
+    ids=["utf-8-bom", "latin-1", "windows-1252-semicolons", "utf-16-tabs"],
+)
+def test_a_file_as_spreadsheet_programs_save_it_imports(first, tmp_path: Path, encoding: str, delimiter: str) -> None:
+    _, out, _ = first
+    root = _store_copy(out, tmp_path / "store")
+    rows = _export(out, tmp_path / "export.csv", "--top", "3", "--all")
+    rows[0]["decision"], rows[1]["decision"] = "keep", "drop"
+    rows[0]["text"] = "Café crème, naïve résumé"  # not UTF-8 once saved as Latin-1 or Windows-1252
+    edited = _write(tmp_path / "review.csv", rows, encoding, delimiter)
+    assert main(["review", "import", str(edited), "--output", str(root)]) == 0
+    stored = (root / "labelled" / "review" / "decisions.jsonl").read_text().splitlines()
+    assert {json.loads(line)["row_id"]: json.loads(line)["decision"] for line in stored} == {
+        rows[0]["row_id"]: "keep", rows[1]["row_id"]: "drop"
+    }
+
+
+def _refused(edited: Path, root: Path, capsys: pytest.CaptureFixture) -> str:
+    assert main(["review", "import", str(edited), "--output", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {edited}:"), err
+    assert not (root / "labelled" / "review").exists()
+    return err[0]
+
+
+def test_an_unterminated_quote_names_its_line(first, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, out, _ = first
+    root = _store_copy(out, tmp_path / "store")
+    rows = _export(out, tmp_path / "export.csv", "--top", "3", "--all")
+    for row in rows:
+        row.update(decision="keep", text="one line")
+    lines = _write(tmp_path / "review.csv", rows).read_text().splitlines(keepends=True)
+    lines[2] = '"' + lines[2]  # the second row's first field opens a quote that nothing closes
+    edited = tmp_path / "review.csv"
+    edited.write_text("".join(lines))
+    assert "review.csv:3: not valid CSV" in _refused(edited, root, capsys)
+
+
+def test_a_jsonl_line_that_is_not_an_object_names_its_line(
+    first, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, out, _ = first
+    root = _store_copy(out, tmp_path / "store")
+    rows = _export(out, tmp_path / "export.csv", "--top", "2", "--all")
+    edited = tmp_path / "review.jsonl"
+    edited.write_text(json.dumps({**rows[0], "decision": "keep"}) + "\n[1,2,3]\n")
+    assert "review.jsonl:2: expected a JSON object" in _refused(edited, root, capsys)
+
+
+def test_a_dataset_that_is_a_path_out_of_the_store_is_refused(
+    first, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, out, _ = first
+    root = _store_copy(out, tmp_path / "store")
+    other = _store_copy(out, tmp_path / "other" / "store")
+    rows = _export(out, tmp_path / "export.csv", "--top", "2", "--all")
+    for row in rows:
+        row.update(decision="drop", dataset="../other/store/labelled")
+    edited = _write(tmp_path / "review.csv", rows)
+    message = _refused(edited, root, capsys)
+    assert "review.csv:2: dataset '../other/store/labelled' is not the name of a dataset" in message
+    assert not (other / "labelled" / "review").exists()

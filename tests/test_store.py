@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from pipeline import version as version_module
-from pipeline.schema import DatasetInfo
+from pipeline.errors import PipelineError
 from pipeline.files import write_table
+from pipeline.schema import DatasetInfo
 from pipeline.steps import Shard
-from pipeline.store import Store
+from pipeline.store import Store, check_writable
 from pipeline.version import LedgerError, RunRecord, StageReport, publish
+from tests.conftest import REPO
 
 
 def make_record(tmp_path: Path, kept_ids: list[str], removed_ids: list[str], input_rows: int) -> RunRecord:
@@ -83,7 +87,7 @@ def test_written_is_called_between_the_data_and_the_report(tmp_path: Path) -> No
     seen: list[list[str]] = []
 
     def written() -> None:
-        (staging,) = [p for p in store.dir.iterdir() if p.name.startswith(".staging")]
+        (staging,) = [p for p in store.dir.iterdir() if p.name.startswith(".staging") and p.is_dir()]
         seen.append(sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()))
 
     _, path = publish(make_record(tmp_path, ["a", "b"], ["c"], 3), store, written=written)
@@ -111,3 +115,44 @@ def test_failure_in_the_rename_leaves_no_version(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError):
         publish(make_record(tmp_path, ["a"], [], 1), store)
     assert store.versions() == [] and store.latest() is None
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A run killed while publishing leaves its staging folder; ``remove_stale`` knows
+    it for a dead process's (its lock is free) and removes it, never a live one's."""
+    store = Store(tmp_path / "out", "d")
+    code = (
+        "import sys, time; from pipeline.store import Store; "
+        f"s = Store({str(tmp_path / 'out')!r}, 'd').new_staging(); (s / 'half.parquet').write_bytes(b'x'); "
+        "print(s.name, flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        dead = child.stdout.readline().strip()
+        live = store.new_staging()
+        assert store.remove_stale() == [], "the child still holds its folder"
+    finally:
+        child.kill()
+        child.wait()
+    older = store.dir / ".staging-0123456789ab"  # written before staging folders had locks
+    older.mkdir()
+    assert store.remove_stale() == sorted([dead, older.name])
+    assert sorted(p.name for p in store.dir.iterdir()) == sorted([live.name, f"{live.name}.lock"])
+    store.discard(live)
+    assert [p.name for p in store.dir.iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_publishing_releases_the_staging_lock(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out", "d")
+    publish(make_record(tmp_path, ["a"], [], 1), store)
+    assert [p.name for p in store.dir.iterdir() if p.name.startswith(".staging")] == []
+
+
+@pytest.mark.parametrize("where", ["itself", "above"])
+def test_an_output_folder_that_is_a_file_is_named(tmp_path: Path, where: str) -> None:
+    (tmp_path / "taken").write_text("x")
+    folder = tmp_path / "taken" if where == "itself" else tmp_path / "taken" / "out"
+    with pytest.raises(PipelineError, match=rf"--output {folder}: {tmp_path / 'taken'} is a file, not a folder"):
+        check_writable(folder, "--output")
+    check_writable(tmp_path / "new" / "out", "--output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "the check creates nothing"

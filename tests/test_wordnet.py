@@ -77,3 +77,10 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
     with pytest.raises(PipelineError, match=r"cannot copy WordNet to .*file/curation-pipeline/wordnet-3.0 \("):
         wordnet.prepared_dir()
+
+
+def test_absent_says_why_there_is_no_wordnet_without_raising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert wordnet.absent() is None and wordnet.absent(wordnet.DEFAULT_DIR) is None
+    assert wordnet.absent(tmp_path / "nowhere") == f"no WordNet found in {tmp_path}/nowhere"
+    monkeypatch.setenv(wordnet.ENV_VAR, str(tmp_path))
+    assert wordnet.absent() == f"no WordNet found in {tmp_path} (no index.noun there)"

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pipeline.cli.common import add_config_arguments
@@ -31,12 +32,15 @@ def add_parsers(sub: Any) -> None:
 def _executor_overrides(args: argparse.Namespace) -> list[str]:
     """``--executor``, ``--workers`` and ``--address`` as overrides of the config's
     ``executor`` section, so that one validation covers both. ``--workers`` replaces a
-    configured address and ``--address`` a worker count; ``--executor local`` drops both."""
+    configured address and ``--address`` a worker count; ``--executor local`` drops both,
+    and ``--executor dask`` a configured thread count."""
     values: dict[str, Any] = {}
     if args.executor is not None:
         values["kind"] = args.executor
     if args.executor == "local":
         values.update(workers=None, address=None)
+    if args.executor == "dask":
+        values.update(threads=None)
     if args.workers is not None:
         values.update(workers=args.workers, address=None)
     if args.address is not None:
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.run import check_inputs
     from pipeline.config import load_config
+    from pipeline.store import check_writable
 
     console = Console()
     # Log records and progress bars share one console, so that records print above the
@@ -56,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     status = Console(stderr=True, markup=False)
     overrides = [*args.overrides, *_executor_overrides(args)]
     config = load_config(args.config, inputs=args.input, output=args.output, overrides=overrides)
-    # Fail fast on missing files, unreadable headers and unmapped columns, before a
-    # Prefect server is started.
+    # Fail fast on an output folder that cannot be written, missing files, unreadable
+    # headers and unmapped columns, before a Prefect server is started.
+    check_writable(Path(config.output), "--output" if args.output is not None else "output")
     check_inputs(config)
     if config.finetune.enabled:
         from pipeline.train import require_packages
