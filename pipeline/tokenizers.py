@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import chat
+from pipeline.chat import Message
 from pipeline.errors import PipelineError
 
-Message = dict[str, Any]
 Renderer = Callable[[list[Message]], str]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -184,8 +185,7 @@ class ChatTokenizer:
         self.jinja = None if self.pieces is not None else _compile(self.template)
         if self.pieces is None and self.offsets is None:
             raise ValueError(f"tokenizer {self.name}: an unknown template needs a tokenizer with offsets")
-        self.calls_in_template = "tool_calls" in self.template
-        self.tools_in_template = "tools" in self.template.replace("tool_calls", "")
+        self.calls_in_template, self.tools_in_template = chat.template_features(self.template)
 
     def render(self, messages: list[Message], **extra: Any) -> str:
         if self.pieces is not None:
@@ -195,35 +195,10 @@ class ChatTokenizer:
         return self.jinja(messages, **extra)
 
     def prepare(self, messages: Sequence[Message], tools: str | None) -> tuple[list[Message], dict[str, Any]]:
-        """Canonical messages as a template takes them: ``tool_calls`` and ``tools``
-        parsed from their JSON. A template that knows nothing of tools (SmolLM2's) gets
-        the calls as JSON text after the turn's content and the tool definitions as JSON
-        text after the system prompt, so their tokens are counted as a trainer with
-        such a template would have to render them."""
-        out: list[Message] = []
-        for m in messages:
-            message: Message = {"role": m["role"], "content": m.get("content")}
-            calls = m.get("tool_calls")
-            if calls:
-                if self.calls_in_template:
-                    message["tool_calls"] = _loads(calls)
-                else:
-                    message["content"] = "\n".join(x for x in (message["content"], calls) if x)
-            for key in ("name", "tool_call_id"):
-                if m.get(key) is not None:
-                    message[key] = m[key]
-            if message["content"] is None:
-                message["content"] = ""
-            out.append(message)
-        extra: dict[str, Any] = {}
-        if tools:
-            if self.tools_in_template:
-                extra["tools"] = _loads(tools)
-            elif out and out[0]["role"] == "system":
-                out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{tools}"}
-            else:
-                out.insert(0, {"role": "system", "content": tools})
-        return out, extra
+        """Canonical messages as this template takes them (:func:`pipeline.chat.prepare`):
+        a template that knows nothing of tools (SmolLM2's) gets the calls and tool
+        definitions as JSON text, so their tokens are counted as a trainer renders them."""
+        return chat.prepare(messages, tools, self.calls_in_template, self.tools_in_template)
 
     def count(self, rows: list[tuple[list[Message], dict[str, Any]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Prepared conversations -> tokens per row, tokens per message (flat, row by
@@ -283,13 +258,6 @@ def _lengths_once(texts: list[str], lengths: Callable[[list[str]], np.ndarray]) 
     index: dict[str, int] = {}
     at = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))
     return lengths(list(index))[at] if texts else np.zeros(0, np.int64)
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 _LOADED: dict[tuple[str, str | None], ChatTokenizer] = {}

@@ -308,6 +308,82 @@ def test_a_tokenizer_without_chat_template_gets_the_plain_one() -> None:
     assert [t for t, label in zip(tokenizer.convert_ids_to_tokens(ids), labels) if label != IGNORE] == ["bread", "<|im_end|>"]
 
 
+def _tool_conversation() -> tuple[list[dict[str, Any]], str]:
+    """A canonical conversation (tool calls as JSON text, as versions hold them) and its
+    row's tools; the function is called ``soup`` so the tiny vocabulary knows it."""
+    call = json.dumps([{"id": "c1", "type": "function", "function": {"name": "soup", "arguments": "{}"}}])
+    tools = json.dumps([{"type": "function", "function": {"name": "soup"}}])
+    return [
+        {"role": "user", "content": "what goes with soup", "tool_calls": None, "tool_call_id": None, "name": None},
+        {"role": "assistant", "content": None, "tool_calls": call, "tool_call_id": None, "name": None},
+        {"role": "tool", "content": "bread", "tool_calls": None, "tool_call_id": "c1", "name": "soup"},
+        {"role": "assistant", "content": "soup goes with bread", "tool_calls": None, "tool_call_id": None, "name": None},
+    ], tools
+
+
+def test_tool_calls_are_trained_on(tiny_llama: str) -> None:
+    """The call is part of what the model learns, whether or not the template knows tools."""
+    messages, tools = _tool_conversation()
+    # SmolLM2's template knows no tools: the call is JSON text in the assistant turn and
+    # the definitions follow the system prompt.
+    tokenizer = _tokenizer(chat=True)
+    task = InstructionTask(tokenizer, max_length=512, model_name="tiny")
+    prepared, template_tools = task.prepare(messages, tools)
+    assert template_tools is None and prepared[0] == {"role": "system", "content": tools}
+    assert prepared[2]["content"] == messages[1]["tool_calls"]
+    ids, labels = task.encode_messages(messages, tools)
+    labelled = [t for t, label in zip(tokenizer.convert_ids_to_tokens(ids), labels) if label != IGNORE]
+    assert labelled.count("<|im_end|>") == 2 and "soup" in labelled[: labelled.index("<|im_end|>")]
+
+    # A template that renders tool_calls gets them parsed, and the tools as its argument.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' }}"
+        "{% for c in m.tool_calls or [] %}{{ c.function.name + ' ' }}{% endfor %}"
+        "{{ m['content'] + '<|im_end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant ' }}{% endif %}"
+        "{% if tools %}{% endif %}"
+    )
+    task = InstructionTask(tokenizer, max_length=512, model_name="tiny")
+    prepared, template_tools = task.prepare(messages, tools)
+    assert template_tools == json.loads(tools) and prepared[1]["tool_calls"][0]["function"]["name"] == "soup"
+    [example] = task.encode([messages], ["r"], [tools])
+    labelled = [t for t, label in zip(tokenizer.convert_ids_to_tokens(example["input_ids"]), example["labels"]) if label != IGNORE]
+    assert labelled == ["soup", "<|im_end|>", "soup", "goes", "with", "bread", "<|im_end|>"]
+
+
+def test_a_reply_of_weight_zero_is_context_only(tiny_llama: str) -> None:
+    """OpenAI's ``weight: 0`` marks a reply the model should not learn from."""
+    tokenizer = _tokenizer(chat=True)
+    task = InstructionTask(tokenizer, max_length=512, model_name="tiny")
+    messages = [
+        {"role": "user", "content": "what goes with soup"},
+        {"role": "assistant", "content": "soup goes with code", "weight": 0},
+        {"role": "user", "content": "what goes with salt"},
+        {"role": "assistant", "content": "salt goes with bug", "weight": 1},
+    ]
+    ids, labels = task.encode_messages(messages)
+    labelled = [t for t, label in zip(tokenizer.convert_ids_to_tokens(ids), labels) if label != IGNORE]
+    assert labelled == ["salt", "goes", "with", "bug", "<|im_end|>"]
+
+
+def test_versions_hand_the_trainer_their_tool_calls() -> None:
+    """``conversations`` keeps each turn's calls, call id and name, and ``row_tools`` the
+    row's definitions, as the readers put them in the canonical table."""
+    from pipeline.inputs import DatasetConfig
+    from pipeline.readers import Reader
+    from pipeline.train.data import conversations, row_tools
+
+    reader = Reader(DatasetConfig(name="chat", inputs=[str(REPO / "sample_data" / "chat.jsonl")]), 10_000)
+    frame = next(reader.shards()).to_pandas()
+    rows, tools = conversations(frame), row_tools(frame)
+    with_calls = [i for i, row in enumerate(rows) if any(m["tool_calls"] for m in row)]
+    assert with_calls and tools is not None and all(tools[i] for i in with_calls)
+    row = rows[with_calls[0]]
+    call = next(m for m in row if m["tool_calls"])
+    answer = next(m for m in row if m["role"] == "tool")
+    assert json.loads(call["tool_calls"])[0]["id"] == answer["tool_call_id"]
+
+
 # ---- early stopping, OOM back-off ------------------------------------------------------
 
 

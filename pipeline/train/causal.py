@@ -3,13 +3,18 @@
 Each conversation is rendered with the tokenizer's chat template, the format the model
 saw when it was instruction-tuned, and only the tokens of the assistant turns (their
 text and the template's end-of-turn marker, so that the model learns to stop) carry a
-label; system and user turns are context. The turns are located by rendering the
+label, but for turns of ``weight`` 0 (OpenAI's mark of a reply not to learn from);
+system and user turns are context. The turns are located by rendering the
 conversation cut before each reply (with the generation prompt) and up to its end:
 the reply is what lies between, which holds for any template that renders a
 conversation's start the same whatever follows it, and is checked token by token.
 
 A tokenizer without a chat template gets :data:`PLAIN_TEMPLATE`, which ends a reply
 with the tokenizer's end-of-sequence token; the run records which one was used.
+
+Tool calls are trained on, never dropped: a template that renders ``tool_calls`` and
+``tools`` gets them parsed, any other gets them as JSON text in the turn and the
+system prompt (:func:`pipeline.chat.prepare`, as the ``tokens`` stage counted them).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pipeline import chat
 from pipeline.errors import PipelineError
 from pipeline.train.batching import IGNORE, attention_mask, pad
 
@@ -53,20 +59,31 @@ class InstructionTask:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
-    def _ids(self, messages: Messages, generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    def _ids(self, messages: Messages, generation_prompt: bool, tools: Any = None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+        )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_messages(self, messages: Messages) -> tuple[list[int], list[int]]:
+    def prepare(self, messages: Messages, tools: str | None = None) -> tuple[Messages, Any]:
+        """Canonical messages (``tool_calls`` and ``tools`` as JSON text) as this
+        tokenizer's template takes them, and the ``tools`` argument it gets."""
+        prepared, extra = chat.prepare(messages, tools, *chat.template_features(self.tokenizer.chat_template))
+        return prepared, extra.get("tools")
+
+    def encode_messages(self, messages: Messages, tools: str | None = None) -> tuple[list[int], list[int]]:
         """Token ids of the conversation and their labels: the id on assistant tokens,
         :data:`IGNORE` elsewhere; both cut at ``max_length``."""
-        ids = self._ids(messages, generation_prompt=False)
+        return self._encode(*self.prepare(messages, tools))
+
+    def _encode(self, messages: Messages, template_tools: Any) -> tuple[list[int], list[int]]:
+        ids = self._ids(messages, generation_prompt=False, tools=template_tools)
         labels = [IGNORE] * len(ids)
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or message.get("weight") == 0:
                 continue
-            prompt = self._ids(messages[:i], generation_prompt=True) if i else []
-            upto = self._ids(messages[: i + 1], generation_prompt=False)
+            prompt = self._ids(messages[:i], generation_prompt=True, tools=template_tools) if i else []
+            upto = self._ids(messages[: i + 1], generation_prompt=False, tools=template_tools)
             if ids[: len(prompt)] != prompt or ids[: len(upto)] != upto:
                 raise PipelineError(
                     f"model {self.model_name}: its chat template renders the start of a conversation differently "
@@ -75,14 +92,20 @@ class InstructionTask:
             labels[len(prompt) : len(upto)] = upto[len(prompt) :]
         return ids[: self.max_length], labels[: self.max_length]
 
-    def encode(self, conversations: Sequence[Messages], row_ids: Sequence[str]) -> list[Example]:
-        """Examples of the conversations; one whose reply the cut at ``max_length``
-        removed entirely is left out, as it would teach nothing."""
+    def encode(
+        self, conversations: Sequence[Messages], row_ids: Sequence[str], tools: Sequence[str | None] | None = None
+    ) -> list[Example]:
+        """Examples of the conversations (``tools``: each row's tool definitions, JSON
+        text); one whose reply the cut at ``max_length`` removed entirely is left out,
+        as it would teach nothing."""
         examples = []
-        for row_id, messages in zip(row_ids, conversations):
-            ids, labels = self.encode_messages(messages)
+        for i, (row_id, messages) in enumerate(zip(row_ids, conversations)):
+            prepared, template_tools = self.prepare(messages, tools[i] if tools is not None else None)
+            ids, labels = self._encode(prepared, template_tools)
             if any(label != IGNORE for label in labels[1:]):
-                examples.append({"row_id": row_id, "input_ids": ids, "labels": labels, "messages": messages})
+                examples.append(
+                    {"row_id": row_id, "input_ids": ids, "labels": labels, "messages": prepared, "tools": template_tools}
+                )
         return examples
 
     def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
@@ -123,7 +146,7 @@ class InstructionTask:
         for example in examples:
             messages = example["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt = self._ids(messages[:last], generation_prompt=True)
+            prompt = self._ids(messages[:last], generation_prompt=True, tools=example.get("tools"))
             input_ids = torch.tensor([prompt], device=device)
             out = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,

@@ -10,6 +10,7 @@ belong in training only: they are dropped from validation and test if found ther
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,11 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID
+from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, TOOLS
 from pipeline.train.config import TrainConfig
 from pipeline.train.manifest import VerifiedVersion
 
 EVAL_SPLITS = ("validation", "test")
+TURN_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
+"""What of a canonical message the trainer uses (``extra`` it does not)."""
 
 
 @dataclass
@@ -80,12 +83,17 @@ def load_splits(version: VerifiedVersion, config: TrainConfig) -> Splits:
     return Splits(**frames, sources=sources)
 
 
+def row_tools(frame: pd.DataFrame) -> list[str | None] | None:
+    """Each row's tool definitions (JSON text), when the version has a ``tools`` column."""
+    return list(frame[TOOLS]) if TOOLS in frame.columns else None
+
+
 def _read(version: VerifiedVersion, split: str, columns: tuple[str, ...]) -> pd.DataFrame:
     table = pa.concat_tables([pq.read_table(f) for f in version.files[split]], promote_options="permissive")
     lacking = [c for c in columns if c not in table.column_names]
     if lacking:
         raise PipelineError(f"{version.path}: split {split} has no column {lacking[0]!r} ({version.kind} needs it)")
-    keep = [ROW_ID, *columns] + ([ORIGIN] if ORIGIN in table.column_names else [])
+    keep = [ROW_ID, *columns] + [c for c in (ORIGIN, TOOLS) if c in table.column_names]
     frame = table.select(keep).to_pandas(types_mapper=None)
     for column in columns:
         empty = frame[column].isna()
@@ -97,11 +105,12 @@ def _read(version: VerifiedVersion, split: str, columns: tuple[str, ...]) -> pd.
     return frame
 
 
-def conversations(frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-    """Instruction rows as chat messages: ``messages`` as they are, or a user turn
+def conversations(frame: pd.DataFrame) -> list[list[dict[str, Any]]]:
+    """Instruction rows as chat messages: ``messages`` with their tool calls, tool call
+    ids and names (as :func:`pipeline.chat.prepare` takes them), or a user turn
     (``prompt``) and an assistant turn (``response``)."""
     if "messages" in frame.columns:
-        return [[{"role": m["role"], "content": m["content"]} for m in row] for row in frame["messages"]]
+        return [[{k: m.get(k) for k in TURN_FIELDS} for m in row] for row in frame["messages"]]
     return [
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
         for p, r in zip(frame["prompt"], frame["response"])

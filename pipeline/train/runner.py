@@ -33,7 +33,7 @@ from pipeline.store import staged_folder
 from pipeline.train.causal import InstructionTask
 from pipeline.train.classification import ClassificationTask
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import Splits, conversations, load_splits
+from pipeline.train.data import Splits, conversations, load_splits, row_tools
 from pipeline.train.lengths import cut_rows_warning
 from pipeline.train.loop import Backoff, Device, FitResult, Task, evaluate, fit
 from pipeline.train.manifest import VerifiedVersion, verify_version
@@ -88,7 +88,9 @@ def prepare(version_path: Path, config: TrainConfig, progress: Progress) -> Prep
         labels = task.labels
     else:
         task = InstructionTask(tokenizer, config.max_length, source.name)
-        examples = {s: task.encode(conversations(splits[s]), list(splits[s]["row_id"])) for s in SPLITS}
+        examples = {
+            s: task.encode(conversations(splits[s]), list(splits[s]["row_id"]), row_tools(splits[s])) for s in SPLITS
+        }
         labels = None
     for split in SPLITS:
         if not examples[split]:
