@@ -219,17 +219,21 @@ def test_instruction_rows_are_judged_on_prompt_and_response_together() -> None:
     assert out.scores.column("dup_line_share").to_pylist()[1] == pytest.approx(4 / 5)
 
 
-def test_messages_are_judged_on_all_their_contents() -> None:
+def test_conversations_are_judged_on_the_assistant_turns_or_on_all() -> None:
     messages = pa.array(
         [
-            [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}],
-            [{"role": "user", "content": "Hi"}],
+            [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris is the capital."}],
+            [{"role": "user", "content": "Hi, how are you doing today?"}, {"role": "assistant", "content": "Fine."}],
         ],
         MESSAGE_TYPE,
     )
-    out = run(canonical(messages=messages), DatasetInfo("instruction", ("messages",)))
+    info = DatasetInfo("instruction", ("messages",))
+    out = run(canonical(messages=messages), info)
     assert out.scores.column("word_count").to_pylist() == [4, 1]
-    assert out.removed.column("reason").to_pylist() == ["quality:too_few_words"]
+    assert out.removed.column("row_id").to_pylist() == ["r1"]
+    everything = run(canonical(messages=messages), info, turns="all")
+    assert everything.scores.column("word_count").to_pylist() == [7, 7]
+    assert everything.removed.num_rows == 0
 
 
 def test_an_empty_shard() -> None:

@@ -30,16 +30,35 @@ import pyarrow.compute as pc
 
 from pipeline.dedup import minhash
 from pipeline.schema import DatasetInfo, field_strings, joined_text
+from pipeline.errors import PipelineError
 from pipeline.text.cjk import cjk_rows
 from pipeline.text.fold import ScriptFold, fold_key
+from pipeline.text.parts import conversation_text, part_text, turns_text
+
+
+def check_key(info: DatasetInfo, key: str) -> None:
+    """Refuse ``key: first_user_turn`` for data that has no user turn."""
+    if key == "first_user_turn" and info.kind != "instruction":
+        raise PipelineError(f"stages.near_dedup.key: first_user_turn needs instruction data, not {info.kind}")
 
 
 def key_texts(table: pa.Table, info: DatasetInfo, key: str) -> pa.Array:
-    """The text each row is compared on (``near_dedup.key``): one field of instruction
-    rows for ``prompt`` or ``response`` (when the dataset has it), otherwise all text
-    fields joined."""
-    if info.kind == "instruction" and key in ("prompt", "response") and key in info.roles:
-        return pc.fill_null(field_strings(table, key), "")
+    """The text each row is compared on (``near_dedup.key``).
+
+    Instruction rows: ``prompt`` or ``response`` (for a conversation, its non-assistant
+    or assistant turns), ``first_user_turn`` (the prompt, or a conversation's first user
+    turn), or all of it (``auto``, ``both``: a conversation's roles, contents and tool
+    calls, :func:`pipeline.text.parts.conversation_text`). Other rows: all text fields
+    joined; ``first_user_turn`` is refused for them."""
+    check_key(info, key)
+    if "messages" in info.roles:
+        if key == "first_user_turn":
+            return turns_text(table, ["user"], first=True)
+        if key in ("prompt", "response"):
+            return part_text(table, info, key)
+        return conversation_text(table)
+    if info.kind == "instruction" and key in ("prompt", "response", "first_user_turn"):
+        return pc.fill_null(field_strings(table, "prompt" if key == "first_user_turn" else key), "")
     return joined_text(table, info)
 
 

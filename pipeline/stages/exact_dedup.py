@@ -6,7 +6,11 @@ letters, digits and punctuation compare as ASCII, and rows written mostly in CJK
 compare in Simplified characters (:mod:`pipeline.text.fold`), so a Traditional copy of
 a Simplified row is a duplicate. Instruction
 data is keyed on prompt and response together: the same prompt with two different
-answers is not a duplicate.
+answers is not a duplicate. A conversation is keyed on everything its turns say (role,
+content and tool calls, :func:`pipeline.text.parts.conversation_text`), so two that
+differ only in a tool call's arguments are not copies. ``key: first_user_turn`` keys
+instruction rows on their prompt alone (a conversation's first user turn), keeping one
+answer per question.
 
 Global: each shard hashes its keys (64-bit, 8 bytes a row travel to the decide step,
 not the texts), the decide step marks every row whose key was seen earlier in input
@@ -16,16 +20,23 @@ the surviving row.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.schema import ROW_ID, field_strings, joined_text
+from pipeline.errors import PipelineError
+from pipeline.schema import ROW_ID, field_strings
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows
+from pipeline.text.parts import conversation_text, turns_text
 from pipeline.text.fold import ScriptFold, fold_key
 
 
 class ExactDedupConfig(StageConfig):
+    key: Literal["auto", "first_user_turn"] = "auto"
+    """``auto``: all of a row's text (a conversation's roles and tool calls too);
+    ``first_user_turn``: instruction rows by their prompt or first user turn only."""
     lowercase: bool = True
     fold_punctuation: bool = False
     """Also ignore punctuation, so "Hello, world!" equals "hello world"."""
@@ -50,9 +61,19 @@ class ExactDedupStage(Stage):
             strings = pc.replace_substring_regex(strings, r"[\p{P}\p{S}]+", " ")
         return pc.utf8_trim_whitespace(pc.replace_substring_regex(strings, r"\s+", " "))
 
+    def preflight(self) -> None:
+        """``key: first_user_turn`` needs instruction data."""
+        if self.config.key == "first_user_turn" and self.info.kind != "instruction":
+            raise PipelineError(f"stages.exact_dedup.key: first_user_turn needs instruction data, not {self.info.kind}")
+
     def _keys(self, table: pa.Table) -> pa.Array:
+        if self.config.key == "first_user_turn":
+            self.preflight()
+            if "messages" in self.info.roles:
+                return self._normalise(turns_text(table, ["user"], first=True))
+            return self._normalise(pc.fill_null(field_strings(table, "prompt"), ""))
         if "messages" in self.info.text_fields:
-            return self._normalise(joined_text(table, self.info))
+            return self._normalise(conversation_text(table))
         parts = [self._normalise(pc.fill_null(field_strings(table, f), "")) for f in self.info.text_fields]
         # A separator that cannot occur in cleaned text keeps "ab"+"c" apart from "a"+"bc".
         return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1e")

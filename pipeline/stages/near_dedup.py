@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from pipeline.dedup import minhash
-from pipeline.dedup.signatures import key_texts, minhash_columns, shingles_and_signatures
+from pipeline.dedup.signatures import check_key, key_texts, minhash_columns, shingles_and_signatures
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
@@ -39,8 +39,11 @@ from pipeline.text.stats import overall_quality, quality_scores
 
 
 class NearDedupConfig(StageConfig):
-    key: Literal["auto", "prompt", "response", "both"] = "auto"
-    """What instruction rows are compared on; ``auto`` is prompt and response together."""
+    key: Literal["auto", "prompt", "response", "both", "first_user_turn"] = "auto"
+    """What instruction rows are compared on; ``auto`` is prompt and response together
+    (a conversation: every turn, roles and tool calls included); ``first_user_turn`` the
+    prompt or a conversation's first user turn (see
+    :func:`pipeline.dedup.signatures.key_texts`)."""
     shingles: Literal["auto", "word", "char"] = "auto"
     """``auto``: each row by its script, character n-grams for rows written mostly in
     CJK script (:func:`pipeline.text.script.is_cjk`: no spaces, so a word shingle would
@@ -91,6 +94,10 @@ class NearDedupStage(Stage):
     config_model = NearDedupConfig
     config: NearDedupConfig
     is_global = True
+
+    def preflight(self) -> None:
+        """The key suits the dataset (``first_user_turn`` needs instruction data)."""
+        check_key(self.info, self.config.key)
 
     def summarize(self, table: pa.Table) -> pa.Table:
         cfg = self.config

@@ -4,8 +4,10 @@ datatrove's ``GopherQualityFilter`` and ``GopherRepetitionFilter``).
 Every row gets the scores of :func:`pipeline.text.stats.quality_scores` (word count,
 mean word length, symbol ratio, line shares, duplicate lines, top n-gram shares; the
 list and how each is measured are there), computed on its joined text (prompt and
-response together for instruction data); the thresholds in :class:`QualityConfig`
-then decide. A removed row's reason names the first check it failed, its detail every
+response together for instruction data; for a conversation, what the assistant says,
+``turns: assistant``, since that is what a model learns to write, while the user's
+questions are short, informal and not the model's to imitate); the thresholds in
+:class:`QualityConfig` then decide. A removed row's reason names the first check it failed, its detail every
 failed check with score and threshold.
 
 Ratio and share checks are noisy on tiny texts ("I am a boy" has a mean word length
@@ -38,6 +40,7 @@ from pydantic import Field
 
 from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, no_removals, split_rows
+from pipeline.text.parts import turns_text
 from pipeline.text.stats import NGRAM_SIZES, quality_scores
 
 
@@ -45,6 +48,9 @@ class QualityConfig(StageConfig):
     """Thresholds; ``None`` disables a check. The ``min_*_for_*`` gates say which rows
     the checks they gate judge; ``None`` lets those checks judge every row."""
 
+    turns: Literal["assistant", "all"] = "assistant"
+    """Conversations (``messages``): judge the assistant turns (``assistant``) or every
+    turn joined (``all``). Other datasets are judged on all their text either way."""
     min_words: int | None = Field(3, ge=0)
     max_words: int | None = Field(100_000, ge=0)
     min_mean_word_length: float | None = Field(2.0, ge=0)
@@ -169,8 +175,14 @@ class QualityStage(Stage):
                 fails[i] &= scores["cjk"] if check.rows == "cjk" else ~scores["cjk"]
         return fails
 
+    def _texts(self, table: pa.Table) -> pa.Array:
+        """What each row is judged on (see ``turns``)."""
+        if "messages" in self.info.roles and self.config.turns == "assistant":
+            return turns_text(table, ["assistant"])
+        return joined_text(table, self.info)
+
     def apply(self, table: pa.Table, state: pa.Table | None = None) -> StageOutput:
-        scores = quality_scores(joined_text(table, self.info))
+        scores = quality_scores(self._texts(table))
         score_table = pa.table(
             {ROW_ID: table.column(ROW_ID), **{k: pa.array(v, from_pandas=True) for k, v in scores.items()}}
         )

@@ -10,7 +10,10 @@ its whole text is used, and :func:`has_sides` says so, for the caller to report.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,3 +43,42 @@ def part_text(table: pa.Table, info: DatasetInfo, part: Part) -> pa.Array:
     contents = pc.if_else(wanted, pc.fill_null(pc.struct_field(flat, "content"), ""), "")
     joined = pc.binary_join(pa.ListArray.from_arrays(column.offsets, contents), "\n")
     return pc.fill_null(joined, "")
+
+
+def turns_text(table: pa.Table, roles: Sequence[str], first: bool = False) -> pa.Array:
+    """One string per row of a ``messages`` table: the contents of its turns whose role
+    is one of ``roles`` and that has content (only the first such turn with ``first``),
+    joined by a line break; ``""`` for a row without one. Other turns, and a turn that
+    only calls tools, leave no blank line behind, so line statistics judge the turns as
+    written."""
+    column = table.column("messages").combine_chunks()
+    flat = column.values
+    parents = np.asarray(pc.list_parent_indices(column).to_numpy(zero_copy_only=False), dtype=np.int64)
+    contents = pc.struct_field(flat, "content")
+    wanted = pc.and_(pc.is_in(pc.struct_field(flat, "role"), pa.array(list(roles))), pc.is_valid(contents))
+    wanted = np.asarray(pc.fill_null(wanted, False), bool)
+    picked = np.flatnonzero(wanted)
+    if first:
+        _, at = np.unique(parents[picked], return_index=True)
+        picked = picked[at]
+    contents = contents.take(pa.array(picked, pa.int64()))
+    counts = np.bincount(parents[picked], minlength=len(column))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pc.binary_join(pa.ListArray.from_arrays(offsets, contents), "\n").cast(pa.large_string())
+
+
+def conversation_text(table: pa.Table) -> pa.Array:
+    """One string per row of a ``messages`` table holding everything a turn says: its
+    role, its content and its tool calls (JSON), a line per turn (``user: ...``). Two conversations are
+    the same text only when they say the same things in the same roles and call the
+    same tools: the dedup key of a conversation (a row that differs from another only
+    in a tool call's arguments is not its copy)."""
+    column = table.column("messages").combine_chunks()
+    flat = column.values
+    fields = {f.name for f in flat.type}
+    role = pc.binary_join_element_wise(pc.fill_null(pc.struct_field(flat, "role"), ""), "", ":")
+    pieces = [role, pc.fill_null(pc.struct_field(flat, "content"), "")]
+    if "tool_calls" in fields:
+        pieces.append(pc.fill_null(pc.struct_field(flat, "tool_calls"), ""))
+    lines = pc.utf8_rtrim_whitespace(pc.binary_join_element_wise(*pieces, " "))
+    return pc.fill_null(pc.binary_join(pa.ListArray.from_arrays(column.offsets, lines), "\n"), "")
