@@ -16,11 +16,18 @@ The flow knows no stage by name: it runs what ``pipeline.stages.registry`` lists
 version is published. Runs of the same inputs share it, so they take turns under
 ``Store.work_lock``: the second waits, then finds the version the first published, or
 resumes from its cache.
+
+A cached result is trusted only while the files it names exist: a run killed while its
+work folder was being deleted, or a hand that deleted some of it, leaves results that
+point at nothing, and those steps run again (:func:`_complete`). A full disk ends the
+run with one line and deletes its work folder, which would otherwise keep the disk full
+for every later run; a run that removes every row publishes nothing and says why.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
@@ -30,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import Task, flow, task, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
@@ -38,8 +45,11 @@ from prefect.futures import PrefectFuture, as_completed
 from pipeline import executors, progress, steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.files import disk_full
 from pipeline.fingerprint import Fingerprint, run_fingerprint
 from pipeline.inputs import DatasetConfig
+from pipeline.readers.bad_records import STAGE as BAD_RECORDS
 from pipeline.stages import registry
 from pipeline.steps import Applied, Decided, Ingested, Shard
 from pipeline.store import Store
@@ -90,16 +100,74 @@ def _artifact_key(dataset: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") + f"-{what}"
 
 
+def _outputs(result: Ingested | Decided | Applied | str) -> list[str]:
+    """The files a step's result names."""
+    if isinstance(result, str):
+        return [result]
+    if isinstance(result, Ingested):
+        return [shard.path for shard in (*result.shards, result.rejected) if shard is not None]
+    if isinstance(result, Decided):
+        return [result.state]
+    return [path for path in (result.kept.path, result.removed, result.scores) if path]
+
+
+def _complete(result: Ingested | Decided | Applied | str) -> bool:
+    """Whether every file ``result`` names exists. Prefect's cache keeps a result as
+    long as its record does, whatever became of the files it names; the flow checks
+    them itself and computes a result whose files are gone again, with
+    ``refresh_cache``. (A step's outputs are written atomically: a file that exists
+    is whole.)"""
+    return all(os.path.exists(path) for path in _outputs(result))
+
+
+def _recomputed(name: str, count: int) -> None:
+    logging.getLogger("pipeline").info("%s: %d cached result(s) name files that are gone; computing again", name, count)
+
+
+def _call(task_: Task, name: str, *args: Any) -> Any:
+    """``task_(*args)``; a result taken from the cache whose files are gone is computed again."""
+    result = task_(*args)
+    if not _complete(result):
+        _recomputed(name, 1)
+        result = task_.with_options(refresh_cache=True)(*args)
+    return result
+
+
+def _map(task_: Task, stage: str, phase: str, shards: list[Shard], before: tuple, after: tuple) -> list[Any]:
+    """``task_(*before, shard, *after)`` for every shard, results in shard order; the
+    results taken from the cache whose files are gone are computed again."""
+
+    def submit(t: Task, subset: list[Shard]) -> list[Any]:
+        futures = t.map(*(unmapped(a) for a in before), subset, *(unmapped(a) for a in after))
+        return _gather(futures, subset, stage, phase)
+
+    results = submit(task_, shards)
+    stale = [i for i, result in enumerate(results) if not _complete(result)]
+    if stale:
+        _recomputed(f"{stage} {phase}", len(stale))
+        again = submit(task_.with_options(refresh_cache=True), [shards[i] for i in stale])
+        for i, result in zip(stale, again):
+            results[i] = result
+    return results
+
+
 def _gather(futures: list[PrefectFuture[Any]], shards: list[Shard], stage: str, phase: str) -> list[Any]:
     """The results of ``futures`` (one per shard) in shard order, telling
-    ``pipeline.progress`` of each shard as it finishes. Like ``PrefectFutureList.result``,
-    raises the first failure as soon as it happens."""
+    ``pipeline.progress`` of each complete shard as it finishes. The first failure is
+    raised once the shards still running have stopped: until then they write into the
+    work folder, and a run that fails (a full disk) deletes that folder only after."""
     index = {future: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
-    for future in as_completed(list(futures)):
-        i = index[future]
-        results[i] = future.result()
-        progress.shard_finished(stage, phase, shards[i].name, shards[i].rows)
+    try:
+        for future in as_completed(list(futures)):
+            i = index[future]
+            results[i] = future.result()
+            if _complete(results[i]):
+                progress.shard_finished(stage, phase, shards[i].name, shards[i].rows)
+    except Exception:  # not on Ctrl-C: that stops at once
+        for future in futures:
+            future.wait()
+        raise
     return results
 
 
@@ -110,6 +178,8 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     cfg = PipelineConfig.model_validate(config)
     ds = cfg.dataset(dataset)
     store = Store(cfg.output, ds.name)
+    for stale in store.remove_stale():
+        logger.info("%s: removed %s, left by a run that was killed while publishing", ds.name, stale)
     fp = run_fingerprint(cfg, ds.name)
     fingerprint = fp.value
     waiting = partial(logger.info, "%s: another run of the same inputs is in progress; waiting for it", ds.name)
@@ -118,7 +188,18 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
         if existing is not None:
             logger.info("inputs and config match %s: nothing new to publish", existing)
             return {"status": "unchanged", "dataset": ds.name, "version": existing, "path": str(store.dir / existing)}
-        result = _curate(cfg, ds, store, fp)
+        try:
+            result = _curate(cfg, ds, store, fp)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            store.remove_work(fp.work_key)
+            free = shutil.disk_usage(store.dir).free
+            raise PipelineError(
+                f"disk full: no space left on the device of the output folder {cfg.output} ({exc}); nothing was "
+                f"published, and this run's work files were deleted to give their space back ({free / 2**20:,.0f} MB "
+                "free now): free more space or choose another --output, then run again"
+            ) from exc
     if cfg.finetune.trains(ds.name, result["kind"]):
         from flows.finetune import finetune  # torch and transformers, imported only to train
 
@@ -127,13 +208,27 @@ def curate(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     return result
 
 
+def _check_rows_left(ds: DatasetConfig, input_rows: int, reports: list[StageReport]) -> None:
+    """Refuse to publish a version without a row of the input: it would load as an
+    empty dataset, and training on it fails far from the cause. Names the reasons."""
+    removed = [(n, reason, report.stage) for report in reports for reason, n in report.reasons.items()]
+    if sum(n for n, _, _ in removed) < input_rows:
+        return
+    why = ", ".join(f"{n:,} {reason} in stages.{stage}" for n, reason, stage in sorted(removed, reverse=True)[:3])
+    raise PipelineError(
+        f"dataset {ds.name}: every one of the {input_rows:,} input rows of {', '.join(ds.inputs)} was removed ({why}); "
+        "nothing to publish: check the column mapping (columns.*) and the inputs, or relax those stages"
+    )
+
+
 def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprint) -> dict[str, Any]:
     """The stages and the publishing of one dataset, holding its work folder."""
     logger = logging.getLogger("pipeline")
     fingerprint = fp.value
     work = store.work_dir(fp.work_key)
     cached = {"result_storage": work / "results"}
-    ingested: Ingested = ingest_task.with_options(**cached)(ds.model_dump(mode="json"), cfg.shard_rows, str(work))
+    ingest = ingest_task.with_options(**cached)
+    ingested: Ingested = _call(ingest, "ingest", ds.model_dump(mode="json"), cfg.shard_rows, str(work))
     input_rows = sum(s.rows for s in ingested.shards)
     logger.info("%s: %d rows in %d shards (%s)", ds.name, input_rows, len(ingested.shards), ingested.kind)
 
@@ -141,6 +236,13 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
     stages = cfg.stages_for(ds)
     reports: list[StageReport] = []
     removed: dict[str, list[str]] = {}
+    if ingested.rejected is not None:  # on_bad_record: skip; the bad records are input rows too
+        bad = ingested.rejected.rows
+        reports.append(StageReport(BAD_RECORDS, True, input_rows + bad, input_rows, reasons=ingested.rejected_reasons))
+        removed[BAD_RECORDS] = [ingested.rejected.path]
+        input_rows += bad
+        if bad:
+            logger.warning("%s: %d bad record(s) skipped (%s)", ds.name, bad, format_reasons(ingested.rejected_reasons))
     scores: dict[str, list[str]] = {}
     report_order: dict[str, str] = {}
     key = fp.work_key
@@ -158,19 +260,18 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         state, decision = None, {}
         if stage.is_global:
             with progress.step(name, "summarize", rows):
-                summaries = summarize_task.with_options(**cached).map(
-                    unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(out_dir)
-                )
-                paths: list[str] = _gather(summaries, shards, name, "summarize")
+                summarize = summarize_task.with_options(**cached)
+                common = (name, stage_config, ingested)
+                paths: list[str] = _map(summarize, name, "summarize", shards, common, (out_dir,))
             with progress.step(name, "decide", None):
-                decided = decide_task.with_options(**cached)(name, stage_config, ingested, paths, out_dir)
+                decide = decide_task.with_options(**cached)
+                decided: Decided = _call(decide, f"{name} decide", name, stage_config, ingested, paths, out_dir)
             state, decision = decided.state, decided.stats
         global_seconds = time.perf_counter() - started
         with progress.step(name, "apply", rows):
-            futures = apply_task.with_options(**cached).map(
-                unmapped(name), unmapped(stage_config), unmapped(ingested), shards, unmapped(state), unmapped(out_dir)
-            )
-            applied: list[Applied] = _gather(futures, shards, name, "apply")
+            apply = apply_task.with_options(**cached)
+            common = (name, stage_config, ingested)
+            applied: list[Applied] = _map(apply, name, "apply", shards, common, (state, out_dir))
         shards = [a.kept for a in applied]
         removed[name] = [a.removed for a in applied if a.removed]
         scores[stage.report_name or name] = [a.scores for a in applied if a.scores]
@@ -180,6 +281,7 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         reports.append(report)
         logger.info("%s: %d -> %d rows (%d changed)", name, report.rows_in, report.rows_out, report.rows_changed)
 
+    _check_rows_left(ds, input_rows, reports)
     record = RunRecord(
         dataset=ds.name,
         info=ingested.info,
