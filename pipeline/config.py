@@ -4,10 +4,16 @@ Every key is checked: an unknown key or a value of the wrong type is rejected wi
 key's dotted path, so a typo never silently falls back to a default. ``--set
 KEY=VALUE`` overrides any key, the value read as YAML (``--set
 stages.language.allowed=[en,de]``, ``--set stages.quality.enabled=false``).
+
+A ``--set stages.<stage>...`` is the user's word on that stage for the whole run, so it
+wins over a dataset's own ``stages:`` block too (which is otherwise merged over the
+top-level one): it is set in every dataset block that has that stage. One dataset's
+setting still goes through ``--set datasets.<N>.stages...``, given after it.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +224,10 @@ def load_config(
     if output is not None:
         data["output"] = output
     for item in overrides:
-        apply_override(data, *parse_override(item))
+        key, value = parse_override(item)
+        apply_override(data, key, value)
+        for index in _datasets_with_own(data, key):
+            apply_override(data, ["datasets", str(index), *key], copy.deepcopy(value))
     if not data.get("datasets"):
         raise PipelineError(
             f"no datasets to curate: pass --input PATH, or --config FILE, or create {DEFAULT_CONFIG_FILE} here"
@@ -229,25 +238,43 @@ def load_config(
         raise PipelineError(_format_errors(err, source)) from err
 
 
+def _datasets_with_own(data: dict[str, Any], key: list[str]) -> list[int]:
+    """Indices of the datasets whose own ``stages`` block sets what ``key`` (a
+    ``stages...`` override) sets, and would win over it unless it is set there too."""
+    if key[0] != "stages" or not isinstance(data.get("datasets"), list):
+        return []
+    found = []
+    for index, dataset in enumerate(data["datasets"]):
+        own = dataset.get("stages") if isinstance(dataset, dict) else None
+        if isinstance(own, dict) and (len(key) == 1 or isinstance(own.get(key[1]), dict)):
+            found.append(index)
+    return found
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Make the file's relative paths relative to ``base`` (the file's folder): the
-    datasets' inputs, the output, the general data of ``rehearsal`` (top-level and
-    per dataset) and the fine-tuning runs folder."""
+    datasets' inputs, the output, the general data of ``rehearsal`` and the evaluation
+    sets of ``decontaminate`` (top-level and per dataset) and the fine-tuning runs folder."""
 
     def resolve(value: Any) -> Any:
         return str(base / value) if isinstance(value, str) else value
 
-    def resolve_rehearsal(stages: Any) -> None:
+    def resolve_stage_inputs(stages: Any) -> None:
         rehearsal = stages.get("rehearsal") if isinstance(stages, dict) else None
         if isinstance(rehearsal, dict) and isinstance(rehearsal.get("inputs"), list):
             rehearsal["inputs"] = [resolve(p) for p in rehearsal["inputs"]]
+        decontaminate = stages.get("decontaminate") if isinstance(stages, dict) else None
+        eval_sets = decontaminate.get("eval_sets") if isinstance(decontaminate, dict) else None
+        for eval_set in eval_sets if isinstance(eval_sets, list) else []:
+            if isinstance(eval_set, dict) and isinstance(eval_set.get("inputs"), list):
+                eval_set["inputs"] = [resolve(p) for p in eval_set["inputs"]]
 
     for ds in data.get("datasets") or []:
         if isinstance(ds, dict):
             if isinstance(ds.get("inputs"), list):
                 ds["inputs"] = [resolve(p) for p in ds["inputs"]]
-            resolve_rehearsal(ds.get("stages"))
-    resolve_rehearsal(data.get("stages"))
+            resolve_stage_inputs(ds.get("stages"))
+    resolve_stage_inputs(data.get("stages"))
     if isinstance(data.get("output"), str):
         data["output"] = resolve(data["output"])
     finetune = data.get("finetune")

@@ -119,6 +119,25 @@ def test_a_dataset_overrides_stage_settings_for_itself_only(tmp_path: Path) -> N
     assert cfg.fingerprint_payload(cfg.datasets[0]) != cfg.fingerprint_payload(cfg.datasets[1])
 
 
+def test_set_on_a_stage_wins_over_a_datasets_own_block(tmp_path: Path) -> None:
+    """``--set stages.augment.enabled=false`` switches augment off for a dataset whose
+    own block turns it on, as the sample config does; one dataset's setting, given
+    after it, still wins for that dataset."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "datasets:\n"
+        "  - {name: a, inputs: [a.jsonl], stages: {augment: {enabled: true, balance: true}, quality: {min_words: 1}}}\n"
+        "  - {name: b, inputs: [b.jsonl]}\n"
+    )
+    cfg = load_config(path, overrides=["stages.augment.enabled=false", "stages.quality={min_words: 4}"])
+    a, b = (cfg.stages_for(d) for d in cfg.datasets)
+    assert not a.augment.enabled and not b.augment.enabled
+    assert a.augment.balance, "the rest of the dataset's own block stays"
+    assert a.quality.min_words == b.quality.min_words == 4
+    cfg = load_config(path, overrides=["stages.augment.enabled=false", "datasets.0.stages.augment.enabled=true"])
+    assert cfg.stages_for(cfg.datasets[0]).augment.enabled and not cfg.stages.augment.enabled
+
+
 def test_a_bad_dataset_stage_override_names_its_path(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.yaml"
     path.write_text("datasets:\n  - {name: a, inputs: [a.jsonl], stages: {quality: {min_wrds: 1}}}\n")
