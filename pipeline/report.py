@@ -123,7 +123,7 @@ def _render(version: _Version) -> str:
         "funnel": partial(_funnel, version, stages),
         "reasons": partial(_reasons, version),
         "lengths": partial(_lengths, version),
-        "languages": partial(_languages, version),
+        "languages": partial(_languages, version, stages),
         "labels": partial(_labels, version),
         "duplicates": partial(_duplicates, version, stages),
         "label_issues": partial(_label_issues, version),
@@ -344,16 +344,27 @@ def _lengths(version: _Version) -> Markup:
     return Markup(plots.histograms("lengths", series, "characters of text per row"))
 
 
-def _languages(version: _Version) -> dict[str, Any] | None:
+def _languages(version: _Version, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Rows per detected language, the kept ones highlighted: the stage's decision says
+    which (the languages may be chosen from the data), the config in versions that
+    predate it."""
     path = version.report("language")
     if path is None:
         return None
     counts = _counts([path], "language")
-    allowed = version.manifest.get("config", {}).get("stages", {}).get("language", {}).get("allowed")
+    decision = next((s["decision"] for s in stages if s["stage"] == "language"), {})
+    if "kept" in decision:
+        allowed = decision["kept"]  # None: every language kept
+    else:
+        allowed = version.manifest.get("config", {}).get("stages", {}).get("language", {}).get("allowed")
     top = _top(counts)
-    highlight = [allowed is None or name in allowed for name, _ in top]
+    highlight = [not allowed or name in allowed for name, _ in top]
     chart = plots.hbar("languages", [n for n, _ in top], [v for _, v in top], "rows", highlight=highlight)
-    return {"chart": Markup(chart), "allowed": ", ".join(allowed or []), "distinct": len(counts)}
+    note = ", ".join(allowed or [])
+    if note and decision.get("chosen_by") == "data":
+        share = f"{decision['min_share'] * 100:g}%"
+        note += f" (chosen from the data: each at least {share} of the rows, or the most frequent)"
+    return {"chart": Markup(chart), "allowed": note, "distinct": len(counts)}
 
 
 def _relabelled(version: _Version) -> dict[str, Any]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +23,8 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        check=False,
     )
 
 
@@ -161,8 +165,9 @@ def test_invalid_config(tmp_path: Path) -> None:
     [
         (pa.table({"text": [1, 2, 3]}), "holds int64, expected text"),
         (pa.table({"text": pa.array([], pa.string())}), "hold no rows"),
+        (pa.table({"text": pa.array([None, None, None], pa.string())}), "every one of the 3 input rows"),
     ],
-    ids=["wrong-type", "empty"],
+    ids=["wrong-type", "empty", "all-removed"],
 )
 def test_bad_content_fails_in_process(tmp_path: Path, capsys: pytest.CaptureFixture, table: pa.Table, needle: str) -> None:
     path = tmp_path / "in.parquet"
@@ -172,3 +177,82 @@ def test_bad_content_fails_in_process(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and str(path) in err[0]
     assert not list(out.glob("*/v*"))
+
+
+def _timed_cli(
+    *args: str, user: list[str] | None = None, cache: Path | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
+    """``cli(*args)`` and its seconds; ``user``: a command that runs it as another user,
+    with numba's cache in ``cache`` (that user cannot write root's ``__pycache__``)."""
+    started = time.monotonic()
+    if user is None:
+        return cli(*args), time.monotonic() - started
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(cache))
+    command = [*user, sys.executable, "-m", "pipeline", *args]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return result, time.monotonic() - started
+
+
+def _assert_refused_at_once(result: subprocess.CompletedProcess, seconds: float, *needles: str) -> None:
+    """One ``error:`` line and exit 2 before any work: no Prefect server (10-20 s) was started."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --output "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert seconds < 8, f"took {seconds:.1f} s: the output folder is to be checked before any work"
+
+
+SAMPLE = str(REPO / "sample_data" / "classification.jsonl")
+
+
+def test_output_that_is_a_file(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    _assert_refused_at_once(*_timed_cli("run", "--input", SAMPLE, "--output", str(taken)), "is a file, not a folder")
+    _assert_refused_at_once(
+        *_timed_cli("run", "--input", SAMPLE, "--output", str(taken / "out")), f"{taken} is a file, not a folder"
+    )
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (a tmpfs mounted ``ro``): needs root, or is skipped."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_output_on_a_read_only_file_system(read_only_folder: Path) -> None:
+    result = _timed_cli("run", "--input", SAMPLE, "--output", str(read_only_folder / "out"))
+    _assert_refused_at_once(*result, "cannot write there: Read-only file system")
+
+
+def test_output_in_a_folder_without_write_permission(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    user = None
+    if os.geteuid() == 0:  # root may write anywhere: run the command as nobody
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, and no setpriv to run the command as another user")
+        user = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for folder in (tmp_path, *tmp_path.parents):  # pytest's folders are private to their user: let nobody in
+            if folder.stat().st_mode & 0o001:
+                break
+            folder.chmod(folder.stat().st_mode | 0o001)
+    cache = tmp_path / "numba"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    result = _timed_cli("run", "--input", SAMPLE, "--output", str(locked / "out"), user=user, cache=cache)
+    _assert_refused_at_once(*result, "cannot write there: Permission denied")

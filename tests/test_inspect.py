@@ -60,7 +60,7 @@ ONE_SPLIT = ("stages.split.train=1.0", "stages.split.validation=0", "stages.spli
 def _publish(path: Path, output: Path, *overrides: str) -> dict:
     from flows.curate import curate
 
-    cfg = load_config(None, inputs=[str(path)], output=str(output), overrides=["shard_rows=4", *ONE_SPLIT, *overrides])
+    cfg = load_config(None, inputs=[str(path)], output=str(output), overrides=["shard_rows=4", *ONE_SPLIT, "stages.language.allowed=[en]", *overrides])
     return curate(config=cfg.model_dump(mode="json"), dataset=cfg.datasets[0].name)
 
 

@@ -81,10 +81,11 @@ def test_flow_reports_each_step_with_its_rows(tmp_path: Path, monkeypatch: pytes
         assert events[0] == ("started", rows) and events[-1] == ("finished", None), name
         assert sum(n for event, n in events if event == "advanced") == rows, name
     assert started == expected, "one step after the other, disabled stages not at all"
-    # The language stage reports row by row (PROGRESS_ROWS=1) from inside its shards;
-    # the flow's per-shard updates then add nothing on top.
+    # The language stage detects while it summarizes and reports row by row
+    # (PROGRESS_ROWS=1) from inside its shards; the flow's per-shard updates then add
+    # nothing on top.
     language_rows = next(s["rows_in"] for s in enabled if s["stage"] == "language")
-    assert [n for event, n in recorder.of("language") if event == "advanced"] == [1] * language_rows
+    assert [n for event, n in recorder.of("language summarize") if event == "advanced"] == [1] * language_rows
 
 
 def _language_shard(tmp_path: Path) -> tuple[steps.Ingested, steps.Shard]:

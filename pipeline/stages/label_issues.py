@@ -301,6 +301,11 @@ class LabelIssuesStage(Stage):
                 action[v.is_issue & ~sure] = "drop"
         return action, np.where(action == "relabel", v.suggested, -1)
 
+    def preflight(self) -> None:
+        """The review file, when one is set, parses as review decisions."""
+        if self.config.review_file:
+            read_review(self.config.review_file)
+
     def _read_review(self, row_ids: pa.Array, classes: pa.Array) -> tuple[dict[int, tuple[str, int]], int]:
         """The review file's decisions by row position (``relabel`` with its class
         index), and how many name a row_id not in the data."""

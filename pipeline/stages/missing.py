@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.schema import CHANGED_BY, ROW_ID, TEXT_ROLES
+from pipeline.schema import CHANGED_BY, ROW_ID, TEXT_ROLES, TOOLS
 from pipeline.settings import StrictModel
 from pipeline.stages.base import Stage, StageConfig, StageOutput, mark_changed, split_rows
 
@@ -93,7 +93,7 @@ class MissingStage(Stage):
         required = set(self._required())
         rules: dict[str, FillRule] = {}
         for field in schema:
-            if field.name in required or field.name in (ROW_ID, CHANGED_BY) or field.name == "messages":
+            if field.name in required or field.name in (ROW_ID, CHANGED_BY, TOOLS) or field.name == "messages":
                 continue
             if field.name in self.config.fill:
                 rules[field.name] = self.config.fill[field.name]

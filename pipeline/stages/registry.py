@@ -7,11 +7,15 @@ config's ``stages`` section gets one key per stage from :func:`stages_model`, an
 reports and manifests list them as they ran; nothing else names a stage.
 
 Order matters: text is repaired and stripped of noise before a row is judged empty,
+conversations are checked for structure right after (a turn that held only HTML is
+empty by then, and a conversation with no text at all has left as ``missing``),
 and judged by language and quality before the surviving rows are deduplicated; exact
 copies go first, so the near-duplicate step clusters what is left. Labels are judged
 on the deduplicated rows (a copy would vote for its own label in cross-validation),
-the split comes after every removal so its fractions hold in the output, and rows are
-only added (augmentation, rehearsal) to the train split once it exists.
+the split comes after every removal so its fractions hold in the output (but for
+decontamination, which needs the splits to check train against validation and test),
+and rows are only added (augmentation, rehearsal) to the train split once it exists.
+Tokens are counted last among the removals, on the rows a trainer will get, per split.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ BUILTIN: tuple[str, ...] = (
     "pipeline.stages.normalize:NormalizeStage",
     "pipeline.stages.noise:NoiseStage",
     "pipeline.stages.missing:MissingStage",
+    "pipeline.stages.conversation:ConversationStage",
     "pipeline.stages.language:LanguageStage",
     "pipeline.stages.quality:QualityStage",
     "pipeline.stages.exact_dedup:ExactDedupStage",
     "pipeline.stages.near_dedup:NearDedupStage",
     "pipeline.stages.label_issues:LabelIssuesStage",
     "pipeline.stages.split:SplitStage",
+    "pipeline.stages.decontaminate:DecontaminateStage",
+    "pipeline.stages.select:SelectStage",
+    "pipeline.stages.tokens:TokensStage",
     "pipeline.stages.augment:AugmentStage",
     "pipeline.stages.rehearsal:RehearsalStage",
 )
