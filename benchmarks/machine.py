@@ -4,7 +4,6 @@ keep its CPUs, and a way to wait for them before a timing."""
 from __future__ import annotations
 
 import argparse
-
 import os
 import time
 from collections.abc import Callable

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 import pipeline
 from pipeline.card import render_card
+from pipeline.files import file_sha256, write_atomically, write_table
 from pipeline.report import build_report
 from pipeline.schema import ORIGIN, ORIGINAL, ROW_ID, SPLIT, DatasetInfo
-from pipeline.files import file_sha256, write_atomically, write_table
 from pipeline.steps import Applied, Shard
 from pipeline.store import Store
 

@@ -100,8 +100,8 @@ def published_fingerprint(out: Path, dataset: str) -> str:
 
 def expected_fingerprint(out: Path, config: Path | None = None) -> str:
     """The fingerprint ``python -m pipeline run`` would give the sample with ``config``."""
-    from pipeline.fingerprint import run_fingerprint
     from pipeline.config import load_config
+    from pipeline.fingerprint import run_fingerprint
 
     cfg = load_config(config, inputs=[str(REPO / SAMPLE)], output=str(out), overrides=[QUICK])
     return run_fingerprint(cfg, "instruction").value

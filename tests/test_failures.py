@@ -29,7 +29,7 @@ from pipeline.steps import Shard
 from pipeline.store import Store
 from pipeline.train.manifest import verify_version
 from pipeline.version import RunRecord, StageReport, publish
-from tests.conftest import REPO
+from tests.conftest import REPO, tmpfs
 from tests.test_resume import write_corpus
 
 SETTINGS = ("--set", "stages.language.enabled=false", "-q")
@@ -38,17 +38,8 @@ SETTINGS = ("--set", "stages.language.enabled=false", "-q")
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 20 MB tmpfs: the disk that fills."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 20 MB tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=20m", "a 20 MB tmpfs") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def run(data: Path, out: Path) -> subprocess.CompletedProcess:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import ColumnsConfig, DatasetConfig
 from pipeline.errors import PipelineError
+from pipeline.inputs import ColumnsConfig, DatasetConfig
 from pipeline.readers import Reader
 from pipeline.schema import CONVERSATION_TYPE
 

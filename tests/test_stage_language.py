@@ -493,7 +493,7 @@ def test_verdicts_are_found_for_rows_in_any_order(mixed) -> None:
     in_order = stage.apply(shards[1], state).scores.to_pylist()
     backwards = stage.apply(shards[1].take(pa.array(range(shards[1].num_rows - 1, -1, -1))), state).scores.to_pylist()
     assert backwards == in_order[::-1]
-    with pytest.raises(ValueError, match="1 rows have no verdict"):
+    with pytest.raises(ValueError, match="language.apply: 1 rows are not in the state"):
         stage.apply(text_table([SENTENCES["en"][0]]), state)
 
 

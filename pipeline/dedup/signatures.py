@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.dedup import minhash
-from pipeline.schema import DatasetInfo, field_strings, joined_text
 from pipeline.errors import PipelineError
+from pipeline.schema import DatasetInfo, field_strings, joined_text
 from pipeline.text.cjk import cjk_rows
 from pipeline.text.fold import ScriptFold, fold_key
 from pipeline.text.parts import conversation_text, part_text, turns_text

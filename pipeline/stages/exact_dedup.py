@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, field_strings
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows
-from pipeline.text.parts import conversation_text, turns_text
 from pipeline.text.fold import ScriptFold, fold_key
+from pipeline.text.parts import conversation_text, turns_text
 
 
 class ExactDedupConfig(StageConfig):

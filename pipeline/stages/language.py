@@ -53,7 +53,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline import progress
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, joined_text
-from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, stats_of, with_stats
+from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, state_rows, stats_of, with_stats
 from pipeline.text.script import cjk_share, is_cjk
 
 log = logging.getLogger("pipeline")
@@ -460,7 +460,7 @@ class LanguageStage(Stage):
             state = self.decide([self.summarize(table)])
         cfg = self.config
         n = table.num_rows
-        verdicts = _verdicts_of(table.column(ROW_ID), state)
+        verdicts = state_rows(table.column(ROW_ID), state, self.name)
         codes = np.asarray(verdicts.column("language").to_pylist(), dtype=object)
         probs = verdicts.column("probability").to_numpy()
         chars = verdicts.column("chars").to_numpy()
@@ -495,25 +495,6 @@ class LanguageStage(Stage):
             }
         )
         return StageOutput(kept=kept, removed=removed, counters=counters, scores=scores)
-
-
-def _verdicts_of(ids: pa.ChunkedArray, state: pa.Table) -> pa.Table:
-    """The verdicts of the rows ``ids``, in their order.
-
-    A shard's rows are one run of the state (``decide`` joins the summaries in shard
-    order), found from its first row id in milliseconds; a hash lookup of every row id
-    would take a quarter of a second a shard against a million-row state. Rows in any
-    other order are looked up one by one.
-    """
-    if len(ids):
-        start = pc.index(state.column(ROW_ID), ids[0]).as_py()
-        run = state.slice(max(start, 0), len(ids))
-        if start >= 0 and run.num_rows == len(ids) and pc.all(pc.equal(run.column(ROW_ID), ids)).as_py():
-            return run
-    at = pc.index_in(ids, value_set=state.column(ROW_ID))
-    if at.null_count:
-        raise ValueError(f"language.apply: {at.null_count} rows have no verdict in the state from decide()")
-    return state.take(at)
 
 
 LOGGED_LANGUAGES = 8

@@ -373,6 +373,15 @@ def _patch(strings: pa.Array, rows: np.ndarray, fn: Callable[[pa.Array], pa.Arra
     return pc.replace_with_mask(strings, mask, fn(strings.filter(mask)).cast(strings.type))
 
 
+def _patch_rule(strings: pa.Array, rows: np.ndarray, rule: _Rule) -> tuple[pa.Array, int]:
+    """:func:`_patch` with a rule: ``rule`` runs on the flagged rows only; its hits."""
+    if not rows.any():
+        return strings, 0
+    mask = pa.array(rows)
+    patched, hits = rule(strings.filter(mask))
+    return pc.replace_with_mask(strings, mask, patched.cast(strings.type)), hits
+
+
 def _hits(strings: pa.Array, pattern: str) -> tuple[pa.Array, int]:
     counts = pc.count_substring_regex(strings, pattern)
     return counts, int(pc.sum(counts).as_py() or 0)
@@ -514,14 +523,7 @@ def _in_cjk_rows(rule: _Rule) -> _Rule:
             rows[idx] = False
             if digits.any():
                 rows[idx[digits]] = cjk_rows(subset.filter(pa.array(digits)), ignore="[0-9]+")
-        hits = 0
-
-        def inner(subset: pa.Array) -> pa.Array:
-            nonlocal hits
-            subset, hits = rule(subset)
-            return subset
-
-        return _patch(strings, rows, inner), hits
+        return _patch_rule(strings, rows, rule)
 
     return run
 
@@ -538,14 +540,7 @@ def _prechecked(literals: tuple[str, ...], rule: _Rule) -> _Rule:
         rows = np.zeros(len(strings), dtype=bool)
         for literal in literals:
             rows |= _mask(pc.match_substring_regex(strings, literal))
-        hits = 0
-
-        def inner(subset: pa.Array) -> pa.Array:
-            nonlocal hits
-            subset, hits = rule(subset)
-            return subset
-
-        return _patch(strings, rows, inner), hits
+        return _patch_rule(strings, rows, rule)
 
     return run
 

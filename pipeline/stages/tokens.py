@@ -54,7 +54,16 @@ from pipeline import progress
 from pipeline import tokenizers as tk
 from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, SPLIT, TOOLS, joined_text
-from pipeline.stages.base import Read, Stage, StageConfig, StageContext, StageOutput, split_rows, with_stats
+from pipeline.stages.base import (
+    Read,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageOutput,
+    split_rows,
+    state_rows,
+    with_stats,
+)
 from pipeline.text.script import is_cjk
 
 log = logging.getLogger("pipeline")
@@ -206,7 +215,7 @@ class TokensStage(Stage):
         if state is None:
             state = self.decide([self.summarize(table)])
         cfg = self.config
-        counts = _rows_of(table.column(ROW_ID), state)
+        counts = state_rows(table.column(ROW_ID), state, self.name)
         tokens = counts.column("tokens").to_numpy()
         too_long = tokens > cfg.max_tokens if cfg.max_tokens is not None else np.zeros(len(tokens), bool)
         drop = too_long if cfg.on_too_long == "drop" else np.zeros(len(tokens), bool)
@@ -270,17 +279,3 @@ def describe(stats: dict[str, Any]) -> str:
         over = f", {entry['over_max_tokens']} over {stats['max_tokens']}" if "over_max_tokens" in entry else ""
         parts.append(f"{name} {entry['rows']:,} rows, median {entry['p50']}, p99 {entry['p99']}, max {entry['max']}{over}")
     return f"{stats['tokenizer']} tokens: " + ("; ".join(parts) or "no rows")
-
-
-def _rows_of(ids: pa.ChunkedArray, state: pa.Table) -> pa.Table:
-    """The summary rows of ``ids``, in their order (a shard's rows are one run of the state)."""
-    if len(ids):
-        start = pc.index(state.column(ROW_ID), ids[0]).as_py()
-        run = state.slice(max(start, 0), len(ids))
-        if start >= 0 and run.num_rows == len(ids) and pc.all(pc.equal(run.column(ROW_ID), ids)).as_py():
-            return run
-    at = pc.index_in(ids, value_set=state.column(ROW_ID))
-    if at.null_count:
-        raise ValueError(f"tokens.apply: {at.null_count} rows have no count in the state from decide()")
-    return state.take(at)
-

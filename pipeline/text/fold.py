@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import PipelineError
-from pipeline.text.cjk import as_string_array, cjk_rows, non_ascii_rows, utf8_buffers
+from pipeline.text.cjk import as_string_array, cjk_rows, utf8_buffers
 
 ScriptFold = Literal["t2s", "tw2sp", "hk2s", "none"]
 SCRIPT_FOLDS: tuple[str, ...] = ("t2s", "tw2sp", "hk2s", "none")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 

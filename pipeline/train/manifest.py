@@ -30,8 +30,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.inspect import datasets_in, resolve_version
 from pipeline.files import file_sha256
+from pipeline.inspect import datasets_in, resolve_version
 from pipeline.store import MANIFEST, Store
 
 REQUIRED_KEYS = ("dataset", "version", "fingerprint", "kind", "roles", "counts")
