@@ -80,3 +80,31 @@ def test_cjk_rows_decide_as_is_cjk_on_real_text() -> None:
     # colour codes around a few characters).
     assert len(chinese) == 5671 and int(fast[: len(chinese)].sum()) == 5484
     assert not fast[len(chinese) : len(chinese) + len(english)].any()
+
+
+def test_only_rows_holding_traditional_characters_are_converted() -> None:
+    """fold_key converts only the rows holding a character t2s changes; on real text
+    (every fortunes-zh record and every zh_TW and zh_CN manual paragraph) that gives the
+    very keys converting every CJK row would, Traditional and Simplified alike."""
+    import gzip
+
+    import opencc
+
+    man = Path("/usr/share/man")
+    if not (man / "zh_TW" / "man1").is_dir() or not (man / "zh_CN" / "man1").is_dir():
+        pytest.skip("/usr/share/man/zh_CN or zh_TW is missing (Debian package manpages-zh not installed)")
+    paragraphs = [
+        p
+        for lang in ("zh_TW", "zh_CN")
+        for page in sorted((man / lang / "man1").glob("*.1.gz"))
+        for p in re.split(r"\n\.(?:PP|SH|TP|IP)\b", gzip.decompress(page.read_bytes()).decode("utf-8", "replace"))
+        if p.strip()
+    ]
+    texts = pa.array(records("chinese") + records("tang300") + records("song100") + paragraphs, pa.large_string())
+    cjk = cjk_rows(texts)
+    converter = opencc.OpenCC("t2s")
+    expected = [converter.convert(t) if c else t for t, c in zip(fold_key(texts, "none").to_pylist(), cjk)]
+    keys = fold_key(texts)
+    assert keys.to_pylist() == expected
+    changed = sum(a != b for a, b in zip(expected, fold_key(texts, "none").to_pylist()))
+    assert 1000 < changed < int(cjk.sum())  # Traditional rows were converted, most Simplified ones untouched

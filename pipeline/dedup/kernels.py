@@ -235,20 +235,20 @@ def jaccard(
 
 
 @numba.njit(cache=True, nogil=True)
-def script_counts(
-    data: np.ndarray, offsets: np.ndarray, ranges: np.ndarray, not_letters: np.ndarray, ascii_alnum: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per document of UTF-8 ``data``: (characters in the code point ``ranges``, a lower
-    bound and an upper bound of its letters and digits), one pass over the bytes.
+def script_counts(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per document of UTF-8 ``data``: (characters of class bit 1, a lower and an upper
+    bound of its letters and digits), one pass over the bytes with one table lookup a
+    character.
 
-    The lower bound counts Han ideographs (U+4E00-9FFF) and ASCII letters and digits
-    (``ascii_alnum``, a 256-entry table); the upper bound is every character but ASCII
-    others and the code points in ``not_letters``. Used by
-    :func:`pipeline.text.cjk.cjk_rows` to decide most rows without a Unicode regex."""
+    ``classes`` holds a byte per code point: bit 1 a CJK character, bit 2 a letter or
+    digit, bit 4 a code point whose class is not known (it counts for the upper bound
+    only, as do code points past the table's end and cut-off characters). Used by
+    :func:`pipeline.text.cjk.cjk_rows`."""
     n = len(offsets) - 1
     cjk = np.zeros(n, np.int64)
     least = np.zeros(n, np.int64)
     most = np.zeros(n, np.int64)
+    size = len(classes)
     for d in range(n):
         i, end = offsets[d], offsets[d + 1]
         c = 0
@@ -257,41 +257,71 @@ def script_counts(
         while i < end:
             b = data[i]
             if b < 0x80:
-                if ascii_alnum[b]:
-                    lo += 1
-                    hi += 1
+                cp = b
+                i += 1
+            elif b < 0xC0:  # a stray continuation byte
                 i += 1
                 continue
-            if b < 0xE0:  # 2-byte character (or a stray continuation byte): never CJK
-                hi += 1
-                i += 2 if b >= 0xC0 else 1
-                continue
-            if b < 0xF0:
+            elif b < 0xE0:
+                cp = ((b & 0x1F) << 6) | (data[i + 1] & 0x3F) if i + 1 < end else -1
+                i += 2
+            elif b < 0xF0:
                 cp = ((b & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F) if i + 2 < end else -1
-                step = 3
+                i += 3
             else:
                 cp = (
                     ((b & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F)
                     if i + 3 < end
                     else -1
                 )
-                step = 4
-            i += step
-            hi += 1
-            for r in range(len(ranges)):
-                if ranges[r, 0] <= cp <= ranges[r, 1]:
-                    c += 1
-                    break
-            if 0x4E00 <= cp <= 0x9FFF:
+                i += 4
+            if cp < 0 or cp >= size:
+                hi += 1
+                continue
+            k = classes[cp]
+            if k & 1:
+                c += 1
+            if k & 2:
                 lo += 1
-            for r in range(len(not_letters)):
-                if not_letters[r, 0] <= cp <= not_letters[r, 1]:
-                    hi -= 1
-                    break
+                hi += 1
+            elif k & 4:
+                hi += 1
         cjk[d] = c
         least[d] = lo
         most[d] = hi
     return cjk, least, most
+
+
+@numba.njit(cache=True, nogil=True)
+def rows_holding(data: np.ndarray, offsets: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per document of UTF-8 ``data``: whether it holds a character of three or four
+    bytes whose code point is set in the boolean ``table`` (code points past its end are
+    not). Stops at a document's first such character. Used by
+    :func:`pipeline.text.fold.fold_key` to find the rows a script conversion can change."""
+    n = len(offsets) - 1
+    out = np.zeros(n, np.bool_)
+    size = len(table)
+    for d in range(n):
+        i, end = offsets[d], offsets[d + 1]
+        while i < end:
+            b = data[i]
+            if b < 0xE0:
+                i += 1
+                continue
+            if b < 0xF0:
+                if i + 2 >= end:
+                    break
+                cp = ((b & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F)
+                i += 3
+            else:
+                if i + 3 >= end:
+                    break
+                cp = ((b & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F)
+                i += 4
+            if cp < size and table[cp]:
+                out[d] = True
+                break
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -4,13 +4,15 @@
 about 70 µs a row: on an English corpus of 100,000 rows that is seconds spent to learn
 nothing, and on Chinese text more than the rest of near-dedup's key. :func:`cjk_rows`
 gives the same answer for every row from the UTF-8 bytes, and asks ``is_cjk`` only about
-the few rows its bounds leave undecided. Every stage that treats CJK rows differently
+the rare rows its bounds leave undecided. Every stage that treats CJK rows differently
 (normalize, noise, quality, the dedup keys, label features, augmentation) asks here.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +29,12 @@ def cjk_rows(texts: pa.Array | pa.ChunkedArray, ignore: str | None = None) -> np
     ``is_cjk`` counts letters with a Unicode regular expression, ~0.1 s per million
     characters: on Chinese text more than the rest of near-dedup's key. Here the
     pure-ASCII rows are skipped (one ``string_is_ascii`` pass), and for the others the
-    characters of :data:`pipeline.text.script.CJK_CHARS` are counted on the UTF-8
-    bytes, with two bounds on the row's letters: at least its Han ideographs and ASCII
-    letters and digits, at most its characters less ASCII and CJK punctuation and
-    spaces. Where the CJK share against both bounds falls on the same side of
-    :data:`pipeline.text.script.CJK_ROW_SHARE` the answer is known; only the rows in
-    between are measured by ``is_cjk`` itself. ``ignore``: an RE2 pattern of text
+    characters of :data:`pipeline.text.script.CJK_CHARS` and the letters and digits
+    are counted on the UTF-8 bytes with a table of code points (:func:`_classes`), as
+    two bounds: the letters Python's Unicode database knows, and those plus the
+    characters it does not know. Where the CJK share against both bounds falls on the
+    same side of :data:`pipeline.text.script.CJK_ROW_SHARE` the answer is known (for
+    nearly every row); only the rows in between are measured by ``is_cjk`` itself. ``ignore``: an RE2 pattern of text
     removed before the measure (the noise stage leaves ASCII digits out, so a row
     listing phone numbers is still written in Chinese)."""
     texts = as_string_array(texts)
@@ -59,27 +61,29 @@ _CJK_RANGES = np.array(
 )
 """The code point ranges of :data:`pipeline.text.script.CJK_CHARS`, read from it so
 both count the same characters."""
-_NOT_LETTERS = np.array(
-    [
-        (0x2000, 0x206F),
-        (0x3000, 0x3004),
-        (0x3008, 0x301F),
-        (0xFF01, 0xFF0F),
-        (0xFF1A, 0xFF20),
-        (0xFF3B, 0xFF40),
-        (0xFF5B, 0xFF65),
-    ],
-    dtype=np.int64,
-)
-"""Three-byte spaces and punctuation (general, CJK, full-width): never letters."""
-_ASCII_ALNUM = np.array([chr(b).isascii() and chr(b).isalnum() for b in range(256)])
+
+
+@functools.lru_cache(maxsize=1)
+def _classes() -> np.ndarray:
+    """A byte per code point below U+40000 for :func:`pipeline.dedup.kernels.script_counts`:
+    1 CJK (:data:`_CJK_RANGES`), 2 a letter or digit (Unicode category L* or N*, what
+    ``is_cjk``'s ``[\\p{L}\\p{N}]`` counts), 4 unassigned in this Python's Unicode
+    database. pyarrow's RE2 may know a newer Unicode than Python, so a character Python
+    does not know only raises the upper bound, and rows it could tip are measured by
+    ``is_cjk`` itself. Built once per process (about 0.1 s)."""
+    size = 0x40000
+    categories = [unicodedata.category(chr(cp)) for cp in range(size)]
+    classes = np.array([2 if c[0] in "LN" else 4 if c == "Cn" else 0 for c in categories], dtype=np.uint8)
+    for lo, hi in _CJK_RANGES:
+        classes[lo : hi + 1] |= 1
+    return classes
 
 
 def _count_cjk(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row of UTF-8 ``data``: (characters in :data:`_CJK_RANGES`, a lower and an
     upper bound of its letters and digits), in one compiled pass
     (:func:`pipeline.dedup.kernels.script_counts`)."""
-    return kernels.script_counts(data, offsets, _CJK_RANGES, _NOT_LETTERS, _ASCII_ALNUM)
+    return kernels.script_counts(data, offsets, _classes())
 
 
 def utf8_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:

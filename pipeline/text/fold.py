@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.dedup import kernels
 from pipeline.errors import PipelineError
 from pipeline.text.cjk import as_string_array, cjk_rows, utf8_buffers
 
@@ -84,7 +85,11 @@ def fold_key(
         texts = _fold_width_array(texts)
     if script == "none":
         return texts
-    rows = np.flatnonzero(cjk_rows(texts) if cjk is None else np.asarray(cjk, dtype=bool))
+    cjk = cjk_rows(texts) if cjk is None else np.asarray(cjk, dtype=bool)
+    if not cjk.any():
+        return texts
+    table = _traditional_characters()
+    rows = np.flatnonzero(cjk & kernels.rows_holding(*_utf8(texts), table) if table is not None else cjk)
     if not len(rows):
         return texts
     mask = np.zeros(len(texts), dtype=bool)
@@ -107,6 +112,69 @@ def fold_key(
 _SEPARATOR = 0x1E
 """ASCII record separator: what :func:`_convert` joins rows with. No OpenCC dictionary
 entry holds it, so a phrase never spans two rows and it comes back as it went in."""
+
+
+@functools.lru_cache(maxsize=1)
+def _traditional_characters() -> np.ndarray | None:
+    """Boolean table over code points: the characters OpenCC's ``t2s`` may change, or
+    None when the phrase table cannot be read (then every CJK row is converted).
+
+    Only rows holding one of them are converted: in most Chinese data they are a few
+    rows in a hundred, and the conversion cost more than the rest of the dedup key.
+    The characters are those ``t2s`` changes on their own (found by converting every
+    code point of three and four UTF-8 bytes: 5,119 of them, all in the CJK blocks) and
+    those its phrase table changes in context (反覆 -> 反复: 覆 alone stays), read
+    from ``TSPhrases.ocd2`` with the ``opencc_dict`` tool of the same wheel. Built once
+    per process, in about 0.1 s."""
+    phrases = _phrase_changes()
+    if phrases is None:
+        return None
+    code_points = np.array([cp for cp in range(0x800, 0x40000) if not 0xD800 <= cp <= 0xDFFF and cp != 0x0A])
+    converted = _converter("t2s").convert("\n".join(map(chr, code_points))).split("\n")
+    table = np.zeros(0x40000, dtype=bool)
+    table[[cp for cp, out in zip(code_points.tolist(), converted) if out != chr(cp)]] = True
+    table[[cp for cp in phrases if cp < len(table)]] = True
+    return table
+
+
+def _phrase_changes() -> set[int] | None:
+    """Code points that ``t2s``'s phrase table changes within a phrase (None when the
+    wheel's ``opencc_dict`` tool or its ``TSPhrases.ocd2`` is not there, or fails)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import opencc
+    except ImportError as exc:
+        raise PipelineError(OPENCC_HINT) from exc
+    clib = Path(opencc.__file__).parent / "clib"
+    tool, source = clib / "bin" / "opencc_dict", clib / "share" / "opencc" / "TSPhrases.ocd2"
+    if not (tool.is_file() and source.is_file()):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "TSPhrases.txt"
+        done = subprocess.run(
+            [str(tool), "-i", str(source), "-o", str(text), "-f", "ocd2", "-t", "text"], capture_output=True, check=False
+        )
+        if done.returncode != 0 or not text.is_file():
+            return None
+        lines = text.read_text(encoding="utf-8").splitlines()
+    changed: set[int] = set()
+    for line in lines:
+        key, _, values = line.partition("\t")
+        first = values.split(" ")[0]  # OpenCC takes the first candidate
+        if len(first) != len(key):
+            changed.update(map(ord, key))
+        else:
+            changed.update(ord(k) for k, v in zip(key, first) if k != v)
+    return changed
+
+
+def _utf8(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, row offsets) as the compiled kernels take them."""
+    offsets, data = utf8_buffers(texts)
+    return data, offsets
 
 
 def _convert(texts: pa.Array, converter) -> pa.Array:  # opencc has no type stubs
