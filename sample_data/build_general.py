@@ -40,13 +40,17 @@ def descriptions(status: str) -> dict[str, str]:
     return found
 
 
+def qa_row(row_id: str, package: str, answer: str) -> dict[str, str]:
+    """One row as ``general.jsonl`` has it: the question about ``package``, its description
+    as the answer (``benchmarks/selection_effect.py`` builds its rows with it too)."""
+    return {"id": row_id, "instruction": f"What is the {package} package for?", "input": "", "output": answer}
+
+
 def main() -> None:
     rows = sorted(descriptions(STATUS.read_text(encoding="utf-8")).items())[:MAX_ROWS]
     with OUT.open("w", encoding="utf-8") as fh:
         for i, (package, answer) in enumerate(rows, 1):
-            row = {"id": f"gen-{i:06d}", "instruction": f"What is the {package} package for?",
-                   "input": "", "output": answer}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(qa_row(f"gen-{i:06d}", package, answer), ensure_ascii=False) + "\n")
     print(f"{OUT}: {len(rows)} rows")
 
 
