@@ -84,6 +84,31 @@ def test_near_copies_share_a_split_even_below_the_dedup_threshold() -> None:
     assert stats_of(state)["near_copy_pairs"] >= len(planted)
 
 
+def test_the_prefilter_keeps_every_pair_at_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows cut until their Jaccard to the original is just above group_threshold
+    (0.5-0.6, where the signature estimate is least sure): the stage groups the same
+    pairs with its prefilter as with none."""
+    texts, _ = rows({"computers": 150, "politics": 150})
+    shingled = lambda t: minhash.shingle(pa.array(t), n=5, kind="char")  # noqa: E731
+    copies, near = [], []
+    for text in texts:
+        words = text.split()
+        for keep in range(len(words) - 1, len(words) // 3, -1):
+            cut = " ".join(words[:keep])
+            similarity = minhash.exact_jaccard(shingled([text, cut]), np.array([[0, 1]]))[0]
+            if similarity < 0.6:
+                copies.append(cut)
+                near.append(similarity)
+                break
+    assert sum(0.5 <= j < 0.6 for j in near) >= 20, "the test needs pairs just above the threshold"
+    table = canonical(text=texts + copies)
+    with_prefilter, _ = run([table.slice(0, 200), table.slice(200)], info=TEXT)
+    monkeypatch.setattr("pipeline.stages.split.PREFILTER", 0.0)
+    without, _ = run([table.slice(0, 200), table.slice(200)], info=TEXT)
+    assert stats_of(with_prefilter)["near_copy_pairs"] == stats_of(without)["near_copy_pairs"] >= 20
+    assert with_prefilter.column("group_id").equals(without.column("group_id"))
+
+
 def test_a_chain_of_near_copies_is_one_group() -> None:
     base = "the quick brown fox jumps over the lazy dog near the quiet river bank at dawn"
     chain = [base, base.replace("quick", "fast"), base.replace("quick", "fast").replace("lazy", "tired"),
