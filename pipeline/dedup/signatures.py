@@ -89,15 +89,27 @@ def minhash_columns(
     }
 
 
+def column_array(summary: pa.Table, name: str) -> pa.Array:
+    """A summary column as one array, without a copy where it is one chunk.
+
+    Summaries are written as one record batch and read memory-mapped
+    (``pipeline.files.read_arrow``), so their columns are one chunk of file-backed
+    pages. ``combine_chunks`` copies even a single chunk into memory (pyarrow 26): at
+    200,000 rows that was 0.7 GB of near_dedup's shingles and signatures made
+    resident before the decide step began."""
+    column = summary.column(name)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.Shingles, np.ndarray]:
     """The engine's arrays of one shard's summary, as views of its buffers (no
     copy, so memory-mapped summaries stay file-backed)."""
     if summary.num_rows == 0:
         return minhash.Shingles(np.zeros(0, np.uint64), np.zeros(1, np.int64)), np.zeros((0, num_perm), np.uint32)
-    shingles = summary.column("shingles").combine_chunks()
+    shingles = column_array(summary, "shingles")
     offsets = np.asarray(shingles.offsets.to_numpy(), dtype=np.int64)
     sh = minhash.Shingles(values=shingles.flatten().to_numpy(), offsets=offsets - offsets[0])
-    sigs = summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
+    sigs = column_array(summary, "signature").flatten().to_numpy().reshape(-1, num_perm)
     return sh, sigs
 
 
@@ -143,7 +155,7 @@ class TextShingles:
     """
 
     def __init__(self, summary: pa.Table, shingles: Literal["word", "char"], ngram: int) -> None:
-        self.texts = summary.column("key_text").combine_chunks()
+        self.texts = column_array(summary, "key_text")
         self.sizes = summary.column("shingle_count").to_numpy()
         self.kind, self.ngram = shingles, ngram
 
@@ -158,4 +170,4 @@ def signature_matrix(summary: pa.Table, num_perm: int) -> np.ndarray:
     """``(rows, num_perm)`` ``uint32`` signatures of a summary, a view of its buffer."""
     if summary.num_rows == 0:
         return np.zeros((0, num_perm), np.uint32)
-    return summary.column("signature").combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
+    return column_array(summary, "signature").flatten().to_numpy().reshape(-1, num_perm)
