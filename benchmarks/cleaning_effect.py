@@ -69,6 +69,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.finetune import spread, worker_threads
 from pipeline.stages.registry import stage_names
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -239,21 +240,6 @@ def train_and_score(version: Path, test: pd.DataFrame, config: TrainConfig, name
     }
 
 
-def _worker_threads(threads: int) -> None:
-    """Each training process gets its share of the cores, so runs side by side do not
-    fight over them: on 2 cores, nine runs two at a time on a thread each took 19
-    minutes (2.1 a run), against 26 for six one after the other (4.3 a run)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_libraries()
-
-
-def _spread(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):5.1f} ± {100 * sd:3.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-class", type=int, default=150, help="clean training rows per class (default 150)")
@@ -320,7 +306,7 @@ def main() -> None:
     print(f"training {len(runs)} runs, {args.jobs} at a time, {threads} torch thread(s) each", flush=True)
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
-    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_worker_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=worker_threads, initargs=(threads,)) as pool:
         futures = [
             pool.submit(train_and_score, versions[arm], test, TrainConfig(
                 seed=seed, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
@@ -338,8 +324,8 @@ def main() -> None:
     f1 = {arm: [r["macro_f1"] for r in rows] for arm, rows in results.items()}
     diffs = [c - d for c, d in zip(acc["curated"], acc["corrupted"])]
     print(f"\ntest accuracy (%, mean ± sd over seeds {' '.join(map(str, args.seeds))}): "
-          + ", ".join(f"{arm} {_spread(acc[arm])}" for arm in arms))
-    print("test macro-F1 (%): " + ", ".join(f"{arm} {_spread(f1[arm])}" for arm in arms))
+          + ", ".join(f"{arm} {spread(acc[arm], 1, 100)}" for arm in arms))
+    print("test macro-F1 (%): " + ", ".join(f"{arm} {spread(f1[arm], 1, 100)}" for arm in arms))
     print(f"difference, curated - corrupted: {100 * statistics.mean(diffs):+.1f} accuracy points "
           f"(per seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)})")
     if args.reference:

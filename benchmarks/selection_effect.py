@@ -77,6 +77,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.finetune import spread, worker_threads
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.data import conversations
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -220,19 +221,6 @@ def _planted(ids: list[str], planted: dict[str, str]) -> str:
     return f"{sum(kinds.values())} planted: " + ", ".join(f"{kinds[k]} {k}" for k in DAMAGE)
 
 
-def _worker_threads(threads: int) -> None:
-    """Each training process gets its share of the cores, so runs side by side do not fight over them."""
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_libraries()
-
-
-def _spread(values: list[float], digits: int = 4) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-rows", type=int, default=400, help="clean rows in the training pool (default 400)")
@@ -290,7 +278,7 @@ def main() -> None:
     print(f"training {len(runs)} runs, {args.jobs} at a time, {threads} torch thread(s) each", flush=True)
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
-    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_worker_threads, initargs=(threads,)) as executor:
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=worker_threads, initargs=(threads,)) as executor:
         untuned = executor.submit(train_and_score, versions["all"], test, TrainConfig(**budget), "untuned", False)
         futures = [
             executor.submit(train_and_score, arms[arm][0], test,
@@ -311,8 +299,8 @@ def main() -> None:
     ppl = {arm: [r["perplexity"] for r in rows] for arm, rows in results.items()}
     diffs = [s - r for s, r in zip(loss["selected"], loss["random"])]
     print(f"\ntest loss per reply token (mean ± sd over seeds {' '.join(map(str, args.seeds))}; lower is better): "
-          + ", ".join(f"{arm} {_spread(loss[arm])}" for arm in arms) + f"; before fine-tuning {base['loss']:.4f}")
-    print("test perplexity: " + ", ".join(f"{arm} {_spread(ppl[arm], 2)}" for arm in arms)
+          + ", ".join(f"{arm} {spread(loss[arm])}" for arm in arms) + f"; before fine-tuning {base['loss']:.4f}")
+    print("test perplexity: " + ", ".join(f"{arm} {spread(ppl[arm], 2)}" for arm in arms)
           + f"; before fine-tuning {base['perplexity']:.2f}")
     print(f"difference, selected - random: {statistics.mean(diffs):+.4f} loss "
           f"(per seed: {', '.join(f'{d:+.4f}' for d in diffs)}; negative: selection pays)")
