@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from pipeline import memory
 from pipeline.errors import PipelineError
 from pipeline.settings import StrictModel
 
@@ -104,7 +105,9 @@ def executor(config: ExecutorConfig) -> Iterator[Client | None]:
     the run would wait forever.
     """
     if config.kind == "local":
-        token = _slots.set(threading.BoundedSemaphore(config.threads or os.cpu_count() or 1))
+        threads = config.threads or os.cpu_count() or 1
+        memory.limit_arenas(threads)
+        token = _slots.set(threading.BoundedSemaphore(threads))
         try:
             yield None
         finally:
@@ -145,8 +148,11 @@ def run(step: Callable[..., T], *args: object) -> T:
     slots = _slots.get()
     if slots is None:
         return step(*args)
-    with slots:
-        return step(*args)
+    try:
+        with slots:
+            return step(*args)
+    finally:
+        memory.release_unused()
 
 
 @contextmanager

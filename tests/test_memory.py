@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import executors
+from pipeline import executors, memory
 from pipeline.dedup import minhash
 from pipeline.dedup.signatures import TextShingles, compact_minhash_columns, shingles_and_signatures, signature_matrix
 from pipeline.files import read_arrow, write_arrow, write_table
@@ -147,6 +147,27 @@ def test_row_stages_in_slices_give_what_the_whole_shard_gives(sample: str) -> No
         assert sliced.scores is None or sliced.scores.equals(whole.scores), cls.name
         table, checked = whole.kept, checked + 1
     assert checked >= 3
+
+
+@pytest.mark.skipif(memory._libc() is None, reason="malloc_trim and mallopt are glibc's")
+def test_pages_a_step_thread_freed_go_back_to_the_system() -> None:
+    """A thread that allocated ~400 MB in 4 KB blocks and kept every fiftieth: glibc
+    keeps the freed blocks in the thread's arena until ``release_unused``."""
+    import psutil
+
+    process, kept = psutil.Process(), []
+
+    def step() -> None:
+        blocks = [bytes(4000) + bytes([i % 256]) for i in range(100_000)]
+        kept.extend(blocks[::50])
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    thread.join()
+    retained = process.memory_info().rss
+    memory.release_unused()
+    assert process.memory_info().rss < retained - 250 * 2**20
+    assert memory.limit_arenas(2)
 
 
 def _removed(path: Path, ids: list[str], extra: dict[str, list] | None = None) -> str:
