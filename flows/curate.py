@@ -42,7 +42,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
 
-from pipeline import executors, progress, steps
+from pipeline import executors, memory, progress, steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
@@ -60,7 +60,10 @@ _CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
 
 @task(name="ingest", **_CACHED)
 def ingest_task(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
-    return steps.ingest(dataset, shard_rows, work_dir)
+    try:
+        return steps.ingest(dataset, shard_rows, work_dir)
+    finally:
+        memory.release_unused()
 
 
 @task(name="summarize", task_run_name="{name}-summarize-{shard.name}", **_CACHED)
@@ -70,7 +73,10 @@ def summarize_task(name: str, config: dict[str, Any], ingested: Ingested, shard:
 
 @task(name="decide", task_run_name="{name}-decide", **_CACHED)
 def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
-    return steps.decide(name, config, ingested, summaries, out_dir)
+    try:
+        return steps.decide(name, config, ingested, summaries, out_dir)
+    finally:
+        memory.release_unused()  # ingest and decide run here, not through executors.run
 
 
 @task(name="apply", task_run_name="{name}-{shard.name}", **_CACHED)
