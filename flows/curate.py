@@ -264,7 +264,10 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         out_dir = str(work / f"{index}-{name}" / key[:12])
         started = time.perf_counter()
         state, decision = None, {}
-        if stage.is_global:
+        if stage.is_global and (decided := steps.decided(out_dir)) is not None:
+            # decided by an earlier run, whose summaries were deleted after it
+            state, decision = decided.state, decided.stats
+        elif stage.is_global:
             with progress.step(name, "summarize", rows):
                 summarize = summarize_task.with_options(**cached)
                 common = (name, stage_config, ingested)

@@ -11,6 +11,7 @@ input or config never reads stale ones.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -167,12 +168,33 @@ class Decided:
 
 
 def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
-    """A global stage's decision over all shard summaries, in shard order."""
+    """A global stage's decision over all shard summaries, in shard order.
+
+    The summaries are deleted once the state is written: nothing reads them again
+    (:func:`decided` finds the state on a later run), and they are the largest files of
+    the work folder (near_dedup's shingles and split's texts: 1.5 and 0.9 times the
+    input at a million rows of the scale benchmark)."""
     stage = make_stage(name, config, ingested.info)
     state = stage.decide([read_arrow(p) for p in summaries])
-    path = Path(out_dir) / "state.parquet"
+    path = _state_path(out_dir)
     write_table(state, path)
-    return Decided(str(path), stats_of(state))
+    del state
+    shutil.rmtree(Path(out_dir) / "summaries", ignore_errors=True)
+    return decided(out_dir)  # type: ignore[return-value]
+
+
+def decided(out_dir: str) -> Decided | None:
+    """The decision a global stage has already written in ``out_dir`` (its step key's
+    folder), or None. The state file is written atomically, so one that exists is
+    whole, and it carries the decision's figures in its metadata."""
+    path = _state_path(out_dir)
+    if not path.exists():
+        return None
+    return Decided(str(path), stats_of(pq.read_schema(path).empty_table()))
+
+
+def _state_path(out_dir: str) -> Path:
+    return Path(out_dir) / "state.parquet"
 
 
 def apply(

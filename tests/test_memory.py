@@ -3,7 +3,8 @@
 The scale figures themselves are measured by ``benchmarks/scale.py``; these tests pin
 the behaviour the bounded paths must keep: split's compact summaries verify the same
 pairs as full shingles, decide steps read mapped summaries without copying them,
-row stages give the same output slice by slice, publishing streams the ledger into one
+row stages give the same output slice by slice, freed pages go back to the system,
+a decided stage's summaries leave the work folder, publishing streams the ledger into one
 unified schema and writes each split's shard files as before, and the local executor
 runs at most ``threads`` shard steps at once.
 """
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import executors, memory
+from pipeline import executors, memory, steps
 from pipeline.dedup import minhash
 from pipeline.dedup.signatures import TextShingles, compact_minhash_columns, shingles_and_signatures, signature_matrix
 from pipeline.files import read_arrow, write_arrow, write_table
@@ -30,7 +31,7 @@ from pipeline.schema import DatasetInfo
 from pipeline.stages import registry
 from pipeline.stages.near_dedup import NearDedupConfig, NearDedupStage
 from pipeline.stages.split import SplitConfig, SplitStage
-from pipeline.steps import Shard, apply_in_slices
+from pipeline.steps import Ingested, Shard, apply_in_slices
 from pipeline.store import Store
 from pipeline.version import RunRecord, StageReport, publish
 from tests.conftest import REPO
@@ -168,6 +169,28 @@ def test_pages_a_step_thread_freed_go_back_to_the_system() -> None:
     memory.release_unused()
     assert process.memory_info().rss < retained - 250 * 2**20
     assert memory.limit_arenas(2)
+
+
+def test_summaries_are_deleted_once_decided_and_the_decision_is_found_again(tmp_path: Path) -> None:
+    """near_dedup's summaries (1.5 times the input at a million rows) leave the work
+    folder as soon as its state is written; a later run finds the decision, figures
+    included, without them."""
+    texts = corpus_with_copies()
+    ingested = Ingested(shards=[], kind="text", roles=("text",))
+    shards = []
+    for i, part in enumerate((texts[: len(texts) // 2], texts[len(texts) // 2 :])):
+        path = tmp_path / "in" / f"shard-{i}.parquet"
+        ids = [f"s{i}-{j}" for j in range(len(part))]
+        write_table(pa.table({"row_id": ids, "text": part, "changed_by": [None] * len(part)}), path)
+        shards.append(Shard(str(path), len(part)))
+    out = str(tmp_path / "near_dedup")
+    assert steps.decided(out) is None
+    paths = [steps.summarize("near_dedup", {}, ingested, shard, out) for shard in shards]
+    assert all(Path(p).exists() for p in paths)
+    decision = steps.decide("near_dedup", {}, ingested, paths, out)
+    assert not (tmp_path / "near_dedup" / "summaries").exists()
+    assert decision.stats["clusters"] > 0
+    assert steps.decided(out) == decision
 
 
 def _removed(path: Path, ids: list[str], extra: dict[str, list] | None = None) -> str:
