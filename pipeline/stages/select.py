@@ -38,7 +38,6 @@ from pipeline.errors import PipelineError
 from pipeline.schema import ROW_ID, SPLIT
 from pipeline.scoring import ResponseScorer, ScoreCache, perplexities, row_key
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, with_stats
-from pipeline.train.models import model_cache_dir, resolve_model
 
 
 class SelectConfig(StageConfig):
@@ -101,6 +100,8 @@ class SelectStage(Stage):
     is_global = True
 
     def _cache(self, model_name: str) -> ScoreCache:
+        from pipeline.train.models import model_cache_dir  # imports torch: not at every run's start
+
         root = Path(self.config.cache_dir) if self.config.cache_dir else model_cache_dir().parent / "select-scores"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
         return ScoreCache(root / safe)
@@ -115,6 +116,8 @@ class SelectStage(Stage):
             if cfg.within not in table.column_names:
                 raise PipelineError(f"stages.select.within: the dataset has no column {cfg.within!r}")
             group = pc.cast(table.column(cfg.within), pa.string())
+        from pipeline.train.models import resolve_model  # imports torch: not at every run's start
+
         source = resolve_model(cfg.model, "instruction")
         rows = _turns(table)
         keys = [row_key(f"{source.name}|{cfg.max_tokens}", m, r) for m, r in rows]
