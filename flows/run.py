@@ -1,10 +1,11 @@
 """Run every dataset of a config: ``python -m pipeline run`` and the ``curate-datasets`` flow.
 
 Each dataset is one ``curate`` flow run, on the config's executor
-(``pipeline.executors``), opened once for all of them. Every dataset's inputs are
-checked first, so that a missing file or an unmapped column of the last dataset
-fails before the first one is curated. ``prefect`` is imported only once the inputs
-pass, so a caller may check them with :func:`check_inputs` before setting Prefect up.
+(``pipeline.executors``), opened once for all of them. Callers check every dataset's
+inputs first (:func:`check_inputs`), so that a missing file or an unmapped column of
+the last dataset fails before the first one is curated: the CLI before it sets Prefect
+up (this module imports ``prefect`` only in :func:`run_datasets`), the
+``curate-datasets`` flow as it starts.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ def run_datasets(
 
     ``around(name)`` is entered around each dataset's flow run (the CLI's progress
     display); ``on_result(result)`` is called as soon as that dataset is done, after
-    ``around`` has exited.
+    ``around`` has exited. The inputs are checked already (:func:`check_inputs`).
     """
-    check_inputs(cfg)
     from flows.curate import curate
 
     payload = cfg.model_dump(mode="json")

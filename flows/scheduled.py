@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.run import run_datasets
+from flows.run import check_inputs, run_datasets
 from pipeline.config import load_config
 
 
@@ -41,4 +41,6 @@ def curate_datasets(
     # Prefect forwards the pipeline's records only if the logger lets INFO through
     # (with PREFECT_LOGGING_EXTRA_LOGGERS=pipeline in the run's environment).
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    return run_datasets(load_config(config, inputs=inputs, output=output, overrides=overrides or []))
+    cfg = load_config(config, inputs=inputs, output=output, overrides=overrides or [])
+    check_inputs(cfg)
+    return run_datasets(cfg)
