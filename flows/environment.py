@@ -1,26 +1,40 @@
 """Prefect's settings, logging and server, as the command line sets them up.
 
 ``python -m pipeline run`` runs the ``curate`` flow in-process with nothing to set up:
-unless the user points ``PREFECT_API_URL`` at a server, Prefect starts a temporary one
+unless the user points ``PREFECT_API_URL`` at a server, it starts a temporary one
 whose home (database, logs) lives in ``<output>/.prefect``, out of the user's way.
-The ``prepare_*`` functions set environment defaults, read when ``prefect`` is first
-imported: call them before that. Nothing here imports ``prefect`` at module level.
+The ``prepare_*`` functions and :func:`start_temporary_server` set environment
+variables, read when ``prefect`` is first imported: call them before that. Nothing
+here imports ``prefect`` at module level.
 
-The temporary server is a child process (``python -m uvicorn ...``) that Prefect stops
-at exit; a run that is killed cannot, and the server (about 200 MB) would run on for
-good. Each run marks its server with its own identity, passed down in the environment,
-and stops the servers whose run is gone before it starts its own (:func:`stop_orphaned_servers`).
+The temporary server is the child process Prefect itself would start (``python -m
+uvicorn ...``), but started by ``run`` as soon as the inputs are checked, rather than
+by Prefect's client when the flow begins: its 2.7 s of start-up then overlap the run's
+own imports (:class:`TemporaryServer`). A new home gets a copy of an empty database
+that Prefect migrated before (:func:`_seed_database`), since migrating a new one takes
+5-6 s. The server is stopped at exit; a run that is killed cannot stop it, and the
+server (about 200 MB) would run on for good. Each run marks its server with its own
+identity, passed down in the environment, and stops the servers whose run is gone
+before it starts its own (:func:`stop_orphaned_servers`).
 """
 
 from __future__ import annotations
 
+import atexit
+import http.client
 import logging
 import os
 import shutil
 import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
+from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +51,10 @@ RUN_ID = "PIPELINE_RUN_ID"
 """The environment variable that names the run (pid and start time) a server belongs to."""
 EPHEMERAL = "PREFECT__SERVER_EPHEMERAL=1"
 """What Prefect puts in its temporary server's environment, and no other process's."""
+STARTUP_FAILURE = 3
+"""uvicorn's exit status when it cannot start, such as when its port was taken meanwhile."""
+DATABASE_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+"""Settings that move the server's database out of ``PREFECT_HOME``."""
 
 
 def prepare_prefect(output: str, verbose: bool) -> None:
@@ -118,6 +136,166 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+class TemporaryServer:
+    """Prefect's temporary server for this process's flow runs, started in the background.
+
+    The same server Prefect would start (``uvicorn`` on Prefect's app factory, no UI,
+    marked ephemeral), on a free loopback port; Prefect's client finds it through
+    ``PREFECT_API_URL``, as under Prefect's own test harness.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.new_database = _seed_database(home)
+        self.port = 0
+        self.process = self._spawn()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """The server process on a port free now; its output goes where this process's does."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        app_dir = Path(find_spec("prefect").origin).parent.parent  # type: ignore[arg-type, union-attr]
+        command = [
+            sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "error", "--lifespan", "on",
+        ]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        return subprocess.Popen(command, env=env)
+
+    def wait(self, timeout: float) -> None:
+        """Return once the server answers ``/api/health``; start it again on another port
+        if its port was taken meanwhile. Then, if its database was new, keep a copy of
+        it, migrated and empty, for the next new home."""
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            status = self.process.poll()
+            if status == STARTUP_FAILURE and _port_taken(self.port):
+                self.process = self._spawn()
+            elif status is not None:
+                raise RuntimeError(f"Prefect's temporary server exited with status {status}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"Prefect's temporary server did not answer within {timeout:g} s "
+                    "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+                )
+            time.sleep(0.05)
+        if self.new_database:
+            _save_template(self.home / "prefect.db")
+
+    def _healthy(self) -> bool:
+        """Whether the server answers, asked directly (no proxy stands between)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            connection.request("GET", "/api/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s); a stopped one stays stopped."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _port_taken(port: int) -> bool:
+    """Whether another process holds ``port`` on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def start_temporary_server() -> TemporaryServer | None:
+    """Start this run's temporary Prefect server now, stopped at exit; None where the run
+    uses another server (``PREFECT_API_URL``) or Prefect is imported already.
+
+    Prefect reads its settings once, when imported: the server's address must be in the
+    environment by then, so this runs after :func:`prepare_prefect` and before ``prefect``
+    is imported, and leaves the server to Prefect once it is (in-process callers that
+    imported it, such as a test harness). Its caller waits for it
+    (:meth:`TemporaryServer.wait`) before the flow runs. The server is stopped at exit
+    rather than after the flow: Prefect sends its last logs and events at exit, before
+    ``atexit`` functions run."""
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
+    server = TemporaryServer(Path(os.environ["PREFECT_HOME"]))
+    atexit.register(server.stop)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ.setdefault("PREFECT_UI_URL", "")  # no "View at" links: this server has no UI
+    return server
+
+
+def _database_template() -> Path:
+    """Where an empty database migrated by the installed Prefect is kept:
+    ``$XDG_CACHE_HOME/curation-pipeline/prefect/<version>.db`` (``~/.cache`` by default)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "curation-pipeline" / "prefect" / f"prefect-{version('prefect')}.db"
+
+
+def _seed_database(home: Path) -> bool:
+    """Give a new home a copy of the template database, if there is one; whether the
+    home's database is new (neither there nor copied: Prefect makes it, migrating it
+    from nothing in 5-6 s).
+
+    The copy is what Prefect's migrations and block registration left in an empty
+    database, so the server finds it up to date. It is put in place only if no
+    database appeared meanwhile (``os.link`` fails on an existing name), so two runs
+    starting in one new folder share one database."""
+    if any(os.environ.get(name) for name in DATABASE_SETTINGS):
+        return False
+    database, template = home / "prefect.db", _database_template()
+    if database.exists():
+        return False
+    if not template.is_file():
+        return True
+    partial = home / f".prefect.db.{os.getpid()}"
+    try:
+        shutil.copyfile(template, partial)
+        os.link(partial, database)
+    except FileExistsError:
+        pass
+    except OSError as exc:  # a cache that cannot be read: Prefect makes the database, as it would anyway
+        logging.getLogger(__name__).debug("no copy of %s: %s", template, exc)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)
+    return False
+
+
+def _save_template(database: Path) -> None:
+    """Keep a copy of ``database``, freshly migrated by a server that answers, as the
+    template of later new homes. SQLite's backup copies a consistent state while the
+    server runs; a cache that cannot be written only means the next new home migrates too."""
+    template = _database_template()
+    partial = template.with_name(f".{template.name}.{os.getpid()}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
+            source.backup(copy)
+        os.replace(partial, template)
+    except (OSError, sqlite3.Error) as exc:
+        logging.getLogger(__name__).debug("no template database at %s: %s", template, exc)
+        with suppress(OSError):  # a folder that could not be made holds no partial copy
+            partial.unlink(missing_ok=True)
 
 
 def prepare_prefect_for_serving() -> None:

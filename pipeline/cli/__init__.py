@@ -4,7 +4,7 @@
 ``pipeline.inspect``): what each version kept, why rows left, what changed between two.
 
 The command runs the Prefect ``curate`` flow in-process with nothing to set up: unless
-the user points ``PREFECT_API_URL`` at a server, Prefect starts a temporary one whose
+the user points ``PREFECT_API_URL`` at a server, it starts a temporary one whose
 home (database, logs) lives in ``<output>/.prefect``, out of the user's way. Input and
 config problems end in one ``error:`` line and exit status 2; nothing is published.
 

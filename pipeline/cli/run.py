@@ -69,9 +69,15 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.train import require_packages
 
         require_packages()
-    from flows.environment import prepare_prefect
+    from flows.environment import prefect_api, prepare_prefect, start_temporary_server
 
     prepare_prefect(config.output, args.verbose)
+    if config.executor.kind == "dask":
+        # A scaled-out run is a long one, to watch and look back at in a UI; Prefect's
+        # temporary server has none and goes away with this process.
+        prefect_api("executor dask needs a Prefect server to record the run")
+    # It boots while the rest is imported; None with a server of the user's.
+    server = start_temporary_server()
     if not args.verbose:  # a local Dask cluster logs every connection at INFO; read before dask is imported
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logger = logging.getLogger("pipeline")
@@ -86,18 +92,14 @@ def run(args: argparse.Namespace) -> int:
     shown.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.addHandler(shown)
 
-    from flows.environment import hide_input_errors_in_prefect_logs, prefect_api, prefect_logs_on
-
-    if config.executor.kind == "dask":
-        # A scaled-out run is a long one, to watch and look back at in a UI; Prefect's
-        # temporary server has none and goes away with this process.
-        prefect_api("executor dask needs a Prefect server to record the run")
-
+    from flows.environment import hide_input_errors_in_prefect_logs, prefect_logs_on
     from flows.run import run_datasets
     from pipeline import progress
 
     hide_input_errors_in_prefect_logs()
     quiet = args.quiet or not console.is_terminal
+    if server is not None:
+        server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
     @contextmanager
     def displayed(dataset: str) -> Iterator[None]:
