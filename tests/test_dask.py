@@ -1,7 +1,8 @@
 """The Dask executor: its config and checks, and the curate flow run through a real Dask
 scheduler with two workers, which must publish what the in-process run publishes.
 
-The integration tests start a real Prefect server, a ``dask scheduler`` and ``dask
+A run of 180,000 rows of real text checks that what a worker holds does not grow with
+the rows. The integration tests start a real Prefect server, a ``dask scheduler`` and ``dask
 worker`` processes on loopback (``tests/servers.py``); everything is stopped at the
 end, also when a test fails. The workers get no Prefect settings: only the flow's
 process talks to Prefect.
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +282,85 @@ def test_a_scheduler_without_workers_fails_fast_with_a_clear_error(
         f"start some with `dask worker {address}`"
     )
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------- more than one process holds
+
+LARGE_ROWS, LARGE_SHARD_ROWS = 180_000, 10_000
+"""Real English text (``benchmarks/scale.py``'s corpus: 5% exact and 5% near copies) in
+shards of 10,000 rows; its first third is run first, for comparison."""
+
+
+class PeakMemory:
+    """Peak RSS of some processes and peak size of a folder, sampled in a thread."""
+
+    def __init__(self, pids: list[int], folder: Path) -> None:
+        import psutil
+
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.folder = folder
+        self.rss = [0] * len(pids)
+        self.folder_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            for i, process in enumerate(self.processes):
+                self.rss[i] = max(self.rss[i], process.memory_info().rss)
+            self.folder_bytes = max(self.folder_bytes, self._size())
+
+    def _size(self) -> int:
+        """The folder's bytes now; 0 when it goes away as it is read (publishing deletes it)."""
+        try:
+            return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        except FileNotFoundError:
+            return 0
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(corpus: Path, out: Path, api: str, scheduler: str, pids: list[int]) -> PeakMemory:
+    config = load_config(None, inputs=[str(corpus)], output=str(out), overrides=[
+        f"shard_rows={LARGE_SHARD_ROWS}", "executor.kind=dask", f"executor.address={scheduler}",
+    ])
+    with PeakMemory(pids, out / corpus.stem / ".work") as peak:
+        assert curate(config, api)["status"] == "published"
+    return peak
+
+
+@pytest.mark.integration
+def test_what_a_worker_holds_does_not_grow_with_the_rows(
+    tmp_path: Path, prefect_api: str, scheduler: str  # noqa: F811
+) -> None:
+    """docs/scaling.md, "More than one machine": a worker holds one shard and its step's
+    temporaries, so three times the rows (and a work folder larger than any worker's
+    memory) leave the workers' peak memory where it was; every worker takes part. The
+    flow's own process holds the decide steps (bytes per row) and is not measured here."""
+    from distributed import Client
+
+    from benchmarks.scale import build_corpus
+
+    large, third = tmp_path / "large.jsonl", tmp_path / "third.jsonl"
+    build_corpus(LARGE_ROWS, large)
+    with large.open() as lines, third.open("w") as out:
+        out.writelines(islice(lines, LARGE_ROWS // 3))
+    with Client(scheduler, set_as_default=False) as client:
+        pids = list(client.run(os.getpid).values())
+    small = run_measured(third, tmp_path / "out-third", prefect_api, scheduler, pids)
+    before = steps_per_worker(scheduler)
+    peak = run_measured(large, tmp_path / "out-large", prefect_api, scheduler, pids)
+    assert all(after > then for after, then in zip(steps_per_worker(scheduler), before)), "both workers ran steps"
+    held = large.stat().st_size + peak.folder_bytes
+    mib = lambda values: ", ".join(f"{v / 2**20:.0f}" for v in values)  # noqa: E731
+    figures = (f"{LARGE_ROWS // 3:,} rows: workers' peak RSS {mib(small.rss)} MiB; {LARGE_ROWS:,} rows: "
+               f"{mib(peak.rss)} MiB, input and work folder {held / 2**20:.0f} MiB")
+    print(figures)
+    assert held > 1.25 * max(peak.rss), figures
+    assert max(peak.rss) < max(small.rss) + 0.1 * held, figures
