@@ -69,7 +69,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.finetune import spread, worker_threads
+from benchmarks.finetune import add_training_arguments, spread, worker_threads
 from pipeline.stages.registry import stage_names
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -244,15 +244,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-class", type=int, default=150, help="clean training rows per class (default 150)")
     parser.add_argument("--test-per-class", type=int, default=75, help="untouched test rows per class (default 75)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the data split and the damage")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step (default 8)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3,
-                        help="default 3e-3: at the training step's 1e-3, a few hundred rows underfit in 6 epochs")
-    parser.add_argument("--max-length", type=int, default=64, help="tokens per row (default 64)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="training runs at once, each in its own process (default: one per core)")
+    add_training_arguments(parser, epochs=6, learning_rate=3e-3, max_length=64,
+                           why_rate="at the training step's 1e-3, a few hundred rows underfit in 6 epochs",
+                           data_seed="seed of the data split and the damage")
     parser.add_argument("--flips", choices=("pair", "uniform"), default="pair",
                         help="a flipped label becomes the next class (pair, the default: classes people confuse) "
                         "or any other class (uniform)")

@@ -77,7 +77,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.finetune import spread, worker_threads
+from benchmarks.finetune import add_training_arguments, spread, worker_threads
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.data import conversations
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -226,16 +226,10 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=400, help="clean rows in the training pool (default 400)")
     parser.add_argument("--test-rows", type=int, default=120, help="untouched test rows (default 120)")
     parser.add_argument("--share", type=float, default=0.5, help="share of the train rows select keeps (default 0.5)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the test/pool draw and the damage")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step (default 8)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="default 1e-3: the step's 2e-4 barely moves LoRA in the ~40 steps of the CPU size")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per row (default 256)")
+    add_training_arguments(parser, epochs=2, learning_rate=1e-3, max_length=256,
+                           why_rate="the step's 2e-4 barely moves LoRA in the ~40 steps of the CPU size",
+                           data_seed="seed of the test/pool draw and the damage")
     parser.add_argument("--device", default="auto", help="training device: auto (the GPU when there is one), cpu, cuda")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="training runs at once, each in its own process (default: one per core)")
     parser.add_argument("--large", action="store_true",
                         help="GPU size: 3,000 pool rows (apt synopses added), 400 test rows, 5 seeds, max length 512, "
                         "one run at a time")
