@@ -50,8 +50,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import multiprocessing
-import os
 import random
 import re
 import shutil
@@ -59,7 +57,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +66,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.finetune import add_training_arguments, spread, worker_threads
+from benchmarks.finetune import add_training_arguments, spread, training_pool
 from pipeline.stages.registry import stage_names
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -296,11 +293,8 @@ def main() -> None:
 
     arms = ("corrupted", "curated", "clean") if args.reference else ("corrupted", "curated")
     runs = [(seed, arm) for seed in args.seeds for arm in arms]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    print(f"training {len(runs)} runs, {args.jobs} at a time, {threads} torch thread(s) each", flush=True)
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
-    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=worker_threads, initargs=(threads,)) as pool:
+    with training_pool(args.jobs, len(runs)) as pool:
         futures = [
             pool.submit(train_and_score, versions[arm], test, TrainConfig(
                 seed=seed, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,

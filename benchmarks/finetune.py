@@ -4,8 +4,10 @@ share: training processes that split the cores, and figures over seeds."""
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 
 from pipeline.train.models import quiet_libraries
 
@@ -38,3 +40,12 @@ def add_training_arguments(
     parser.add_argument("--max-length", type=int, default=max_length, help=f"tokens per row (default {max_length})")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="training runs at once, each in its own process (default: one per core)")
+
+
+def training_pool(jobs: int, runs: int) -> ProcessPoolExecutor:
+    """``jobs`` training processes with an equal share of the cores each (said on the
+    console), spawned: torch is not fork-safe once its threads exist."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"training {runs} runs, {jobs} at a time, {threads} torch thread(s) each", flush=True)
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(jobs, mp_context=spawn, initializer=worker_threads, initargs=(threads,))

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -66,7 +65,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +75,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.finetune import add_training_arguments, spread, worker_threads
+from benchmarks.finetune import add_training_arguments, spread, training_pool
 from pipeline.train import Progress, TrainConfig, prepare
 from pipeline.train.data import conversations
 from pipeline.train.loop import Backoff, evaluate, fit
@@ -268,11 +266,8 @@ def main() -> None:
               "learning_rate": args.learning_rate, "early_stopping_patience": 0, "device": args.device}
     arms = {"selected": (versions["selected"], None), "random": (versions["all"], same_size)}
     runs = [(seed, arm) for seed in args.seeds for arm in arms]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    print(f"training {len(runs)} runs, {args.jobs} at a time, {threads} torch thread(s) each", flush=True)
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
-    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=worker_threads, initargs=(threads,)) as executor:
+    with training_pool(args.jobs, len(runs)) as executor:
         untuned = executor.submit(train_and_score, versions["all"], test, TrainConfig(**budget), "untuned", False)
         futures = [
             executor.submit(train_and_score, arms[arm][0], test,
