@@ -589,3 +589,24 @@ def test_chinese_that_the_model_calls_japanese_or_korean_is_chinese_by_its_scrip
     assert Counter(removed.column("reason").to_pylist()) == {
         "language:en": 9, "language:vi": 2, "language:ja": 1, "language:uncertain": 1
     }
+
+
+def test_a_large_shard_is_detected_on_processes_with_the_same_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection holds the GIL, so a large shard goes to processes
+    (``language.detection_pool``): English, German and Chinese fortunes (Traditional
+    and Simplified, the Chinese-by-script rule included) get the verdicts they get in
+    the step's own thread."""
+    if not language._spawn_safe_main():
+        pytest.skip("the detection processes are used under `python -m pytest`, not the pytest script")
+    texts = [*fortunes(FORTUNES / "people")[:300], *fortunes(FORTUNES / "de" / "computer")[:100],
+             *[c for name in ("chinese", "tang300") for c in fortunes(FORTUNES / name, min_chars=1)[:150]]]
+    random.Random(0).shuffle(texts)
+    stage = LanguageStage(LanguageConfig(), TEXT)
+    monkeypatch.setattr(language, "PROGRESS_ROWS", 25)  # 28 batches: above PARALLEL_BATCHES
+    assert language.detection_pool() is not None
+    on_processes = stage.summarize(text_table(texts))
+    monkeypatch.setattr(language, "detection_pool", lambda: None)
+    here = stage.summarize(text_table(texts))
+    assert on_processes.equals(here)
+    assert {"en", "de", "zh"} <= set(here.column("language").to_pylist())
+    assert sum(here.column("by_script").to_pylist()) > 0
