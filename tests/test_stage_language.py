@@ -10,6 +10,7 @@ import logging
 import random
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -610,3 +611,32 @@ def test_a_large_shard_is_detected_on_processes_with_the_same_verdicts(monkeypat
     assert on_processes.equals(here)
     assert {"en", "de", "zh"} <= set(here.column("language").to_pylist())
     assert sum(here.column("by_script").to_pylist()) > 0
+
+
+def test_detection_processes_end_when_their_run_is_killed() -> None:
+    """A run killed outright (SIGKILL) leaves no detection process behind."""
+    import subprocess
+
+    import psutil
+
+    code = (
+        "from pipeline.stages import language; pool = language.detection_pool(); "
+        "assert pool is not None and pool.submit(pow, 2, 3).result() == 8; "
+        "print(*[p.pid for p in pool._processes.values()], flush=True); import time; time.sleep(120)"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in run.stdout.readline().split()]
+    assert pids, "the pool started no process"
+    run.kill()
+    run.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids)

@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -193,9 +194,23 @@ def detection_pool() -> ProcessPoolExecutor | None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if cores < 2 or _in_dask_worker() or not _spawn_safe_main():
                 return None
-            _POOL = ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
+            _POOL = ProcessPoolExecutor(
+                cores, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with, initargs=(os.getpid(),)
+            )
             atexit.register(_POOL.shutdown)
         return _POOL
+
+
+def _exit_with(parent: int) -> None:
+    """A detection process ends when its parent does, even one killed outright: the
+    pool's queues would otherwise keep it waiting for work for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _spawn_safe_main() -> bool:
