@@ -60,10 +60,7 @@ _CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
 
 @task(name="ingest", **_CACHED)
 def ingest_task(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
-    try:
-        return steps.ingest(dataset, shard_rows, work_dir)
-    finally:
-        memory.release_unused()
+    return memory.releasing(steps.ingest, dataset, shard_rows, work_dir)
 
 
 @task(name="summarize", task_run_name="{name}-summarize-{shard.name}", **_CACHED)
@@ -73,10 +70,7 @@ def summarize_task(name: str, config: dict[str, Any], ingested: Ingested, shard:
 
 @task(name="decide", task_run_name="{name}-decide", **_CACHED)
 def decide_task(name: str, config: dict[str, Any], ingested: Ingested, summaries: list[str], out_dir: str) -> Decided:
-    try:
-        return steps.decide(name, config, ingested, summaries, out_dir)
-    finally:
-        memory.release_unused()  # ingest and decide run here, not through executors.run
+    return memory.releasing(steps.decide, name, config, ingested, summaries, out_dir)  # here, not on a worker
 
 
 @task(name="apply", task_run_name="{name}-{shard.name}", **_CACHED)

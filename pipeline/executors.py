@@ -105,7 +105,7 @@ def executor(config: ExecutorConfig) -> Iterator[Client | None]:
     the run would wait forever.
     """
     if config.kind == "local":
-        threads = config.threads or os.cpu_count() or 1
+        threads = config.threads or usable_cores()
         memory.limit_arenas(threads)
         token = _slots.set(threading.BoundedSemaphore(threads))
         try:
@@ -122,7 +122,7 @@ def executor(config: ExecutorConfig) -> Iterator[Client | None]:
         with connect(config.address, config.timeout) as client, _current(client):
             yield client
         return
-    workers = config.workers or os.cpu_count() or 1
+    workers = config.workers or usable_cores()
     # One thread per worker: the stages are mostly Python, so a second thread in a
     # worker would wait for the GIL rather than use a core. The dashboard (or, without
     # bokeh, the scheduler's HTTP endpoints) takes any free port: a fixed one clashes
@@ -139,27 +139,25 @@ def executor(config: ExecutorConfig) -> Iterator[Client | None]:
         yield client
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, as in
+    a container limited to some cores), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def run(step: Callable[..., T], *args: object) -> T:
     """``step(*args)`` on the current executor: here, or on a Dask worker (waiting for
     it). A step's exception is raised here, as it would be in-process."""
     client = _client.get()
     if client is not None:
-        return client.submit(_releasing, step, *args, pure=False).result()
+        return client.submit(memory.releasing, step, *args, pure=False).result()
     slots = _slots.get()
     if slots is None:
-        return _releasing(step, *args)
+        return memory.releasing(step, *args)
     with slots:
-        return _releasing(step, *args)
-
-
-def _releasing(step: Callable[..., T], *args: object) -> T:
-    """``step(*args)``, then the memory it freed handed back (:mod:`pipeline.memory`),
-    in the process that ran it: on a Dask worker too, where a 10,000-row shard's steps
-    otherwise left the worker 250 MB above its imports."""
-    try:
-        return step(*args)
-    finally:
-        memory.release_unused()
+        return memory.releasing(step, *args)
 
 
 @contextmanager

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import pyarrow as pa
+
+T = TypeVar("T")
 
 M_ARENA_MAX = -8
 """``mallopt`` parameter: the most arenas glibc's malloc creates (``malloc.h``)."""
@@ -46,3 +50,14 @@ def release_unused() -> None:
     if libc is not None:
         libc.malloc_trim(0)
     pa.default_memory_pool().release_unused()
+
+
+def releasing(step: Callable[..., T], *args: object) -> T:
+    """``step(*args)``, then the memory it freed handed back, in the process that ran
+    it: the flow's for ingest, decide and local shard steps, a Dask worker's for the
+    steps sent there (where a 10,000-row shard's steps otherwise left the worker 250 MB
+    above its imports)."""
+    try:
+        return step(*args)
+    finally:
+        release_unused()

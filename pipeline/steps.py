@@ -178,9 +178,8 @@ def decide(name: str, config: dict[str, Any], ingested: Ingested, summaries: lis
     state = stage.decide([read_arrow(p) for p in summaries])
     path = _state_path(out_dir)
     write_table(state, path)
-    del state
     shutil.rmtree(Path(out_dir) / "summaries", ignore_errors=True)
-    return decided(out_dir)  # type: ignore[return-value]
+    return Decided(str(path), stats_of(state))
 
 
 def decided(out_dir: str) -> Decided | None:

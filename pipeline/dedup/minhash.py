@@ -39,7 +39,6 @@ Nothing here knows about Prefect or stages; ``pipeline.stages`` builds on it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.dedup import kernels
+from pipeline.executors import usable_cores
 from pipeline.text.cjk import cjk_rows
 
 __all__ = [
@@ -574,7 +574,7 @@ def _each_part_pair(pairs: np.ndarray, starts: np.ndarray, work: Callable[[int, 
     in one thread). Groups write disjoint positions, so the result does not depend on
     the order they finish in; at most one group per thread is held at a time."""
     groups = _by_part_pair(pairs, starts)
-    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    threads = min(usable_cores(), 8)
     if threads < 2 or len(starts) <= 2:
         for group in groups:
             work(*group)

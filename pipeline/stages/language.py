@@ -57,6 +57,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline import progress
 from pipeline.errors import PipelineError
+from pipeline.executors import usable_cores
 from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, state_rows, stats_of, with_stats
 from pipeline.text.cjk import cjk_rows
@@ -191,7 +192,7 @@ def detection_pool() -> ProcessPoolExecutor | None:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            cores = usable_cores()
             if cores < 2 or _in_dask_worker() or not _spawn_safe_main():
                 return None
             _POOL = ProcessPoolExecutor(
