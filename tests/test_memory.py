@@ -89,16 +89,6 @@ def test_shingles_computed_on_demand_verify_the_same_pairs_as_stored_ones() -> N
         np.testing.assert_array_equal(signature_matrix(table, 128), sig)
 
 
-def test_compact_summaries_sign_in_slices_as_one_pass_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.dedup import signatures
-
-    texts = pa.array(man_paragraphs(300))
-    whole = compact_minhash_columns(texts, "char", 5, 64, seed=1, scheme="oph")
-    monkeypatch.setattr(signatures, "COMPACT_ROWS", 7)
-    sliced = compact_minhash_columns(texts, "char", 5, 64, seed=1, scheme="oph")
-    assert pa.table(sliced).equals(pa.table(whole))
-
-
 def test_split_summaries_hold_text_not_shingles() -> None:
     texts = man_paragraphs(300)
     table = pa.table({"row_id": [f"r{i}" for i in range(len(texts))], "text": texts, "changed_by": [None] * len(texts)})

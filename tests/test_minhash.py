@@ -3,6 +3,7 @@ sets and against datasketch, the reference implementation."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -183,6 +184,58 @@ def test_shingle_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatc
     chunked = shingle(texts)
     assert np.array_equal(whole.values, chunked.values)
     assert np.array_equal(whole.offsets, chunked.offsets)
+
+
+@pytest.mark.parametrize("kind", ["word", "char"])
+def test_sketches_give_the_counts_and_signatures_of_shingle_then_sign(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused pass that never sorts (split's summaries) gives what shingling then
+    signing gives, number for number: on real paragraphs, texts shorter than n tokens,
+    empty and null texts, repeated n-grams, and with the texts cut into chunks."""
+    rng = random.Random(5)
+    texts = pa.array(
+        [sentence(rng, rng.randrange(0, 40)) for _ in range(60)]
+        + ["", None, "ab", "la la la la la la la la", "Ünïcode 文字 と かな", "x " * 300]
+    )
+    sh = shingle(texts, n=5, kind=kind)
+    for num_perm in (16, 128):
+        counts, sigs = mh.sketches(texts, 5, kind, num_perm, seed=3)
+        np.testing.assert_array_equal(counts, sh.sizes)
+        np.testing.assert_array_equal(sigs, signatures(sh, num_perm=num_perm, seed=3))
+    monkeypatch.setattr(mh, "_CHUNK_BYTES", 150)
+    chunked = mh.sketches(texts, 5, kind, 128, seed=3)
+    np.testing.assert_array_equal(chunked[1], signatures(sh, num_perm=128, seed=3))
+
+
+class _TokenSource:
+    """Rows of texts handing out tokens, as ``signatures.TextShingles`` does."""
+
+    def __init__(self, texts: pa.Array, kind: str, ngram: int) -> None:
+        self.texts, self.kind, self.ngram = texts, kind, ngram
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return mh.tokens(self.texts.take(pa.array(rows)), self.kind)
+
+
+@pytest.mark.parametrize("kind", ["word", "char"])
+def test_jaccard_from_tokens_equals_jaccard_of_sorted_shingles(kind: str) -> None:
+    """Pairs verified from tokens (hashed into a set per pair) get the figure the
+    merge of sorted shingle lists gives, within one part and across parts."""
+    texts, planted = near_duplicate_corpus(n_pairs=60)
+    texts += ["", "short", "short", "a b a b a b a b a b a b"]
+    arr = pa.array(texts)
+    sh = shingle(arr, n=5, kind=kind)
+    rng = np.random.default_rng(1)
+    n = len(texts)
+    pairs = np.concatenate([planted, rng.integers(0, n, (800, 2)), [[n - 4, n - 4], [n - 3, n - 2], [n - 1, 0]]])
+    want = exact_jaccard(sh, pairs)
+    assert (want == 1.0).sum() >= 2 and ((want > 0.3) & (want < 1.0)).sum() >= 20
+    cuts = [0, 37, 90, n]
+    sources = [_TokenSource(arr.slice(lo, hi - lo), kind, 5) for lo, hi in itertools.pairwise(cuts)]
+    np.testing.assert_array_equal(exact_jaccard(sources, pairs), want)
+    np.testing.assert_array_equal(exact_jaccard([_TokenSource(arr, kind, 5)], pairs), want)
 
 
 # ---------------------------------------------------------------------- exact Jaccard

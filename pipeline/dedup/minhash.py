@@ -333,6 +333,27 @@ def shingle(
     return Shingles.concat(parts)
 
 
+def sketches(texts: pa.Array, n: int, kind: Literal["word", "char"], num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct shingle count, OPH signature) of each text: ``shingle(texts, n, kind)``
+    then ``signatures(..., scheme="oph")``, the same numbers, in one compiled pass per
+    chunk that never sorts or stores the shingles (:func:`kernels.ngram_signatures`)."""
+    texts = _as_string_array(texts)
+    counts, sigs = [np.zeros(0, np.int64)], [np.zeros((0, num_perm), np.uint32)]
+    go_right, salt = _oph_parameters(num_perm, seed)
+    text_offsets, _ = _string_buffers(texts)
+    for lo, hi in _doc_chunks(text_offsets, _CHUNK_BYTES):
+        tokens, tok_offsets = _tokens(texts.slice(lo, hi - lo), kind)
+        c, sig = kernels.ngram_signatures(tokens, tok_offsets, n, 64 - HASH_BITS, num_perm, salt, go_right)
+        counts.append(c)
+        sigs.append(sig)
+    return np.concatenate(counts), np.concatenate(sigs)
+
+
+def tokens(texts: pa.Array, kind: Literal["word", "char"]) -> tuple[np.ndarray, np.ndarray]:
+    """(token hashes, token offsets per text) that :func:`shingle` makes n-grams of."""
+    return _tokens(_as_string_array(texts), kind)
+
+
 def _tokens(chunk: pa.Array, kind: Literal["word", "char"]) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes, token offsets per document) of a chunk of texts: words, or the
     characters of the normalised text."""
@@ -428,6 +449,12 @@ def _kperm(sh: Shingles, num_perm: int, seed: int) -> np.ndarray:
     return sigs
 
 
+def _oph_parameters(num_perm: int, seed: int) -> tuple[np.ndarray, np.uint64]:
+    """(each bin's densification direction, the shingle salt) of OPH for ``seed``."""
+    go_right = (_mix64(np.arange(num_perm, dtype=np.uint64) ^ _mix_scalar(seed, 0xD1)) >> np.uint64(63)).astype(bool)
+    return go_right, _mix_scalar(seed, 0x0F4)
+
+
 def signatures(
     sh: Shingles,
     num_perm: int = 128,
@@ -476,8 +503,8 @@ def signatures(
     if num_perm < 1:
         raise ValueError(f"num_perm must be >= 1, got {num_perm}")
     if scheme == "oph":
-        go_right = (_mix64(np.arange(num_perm, dtype=np.uint64) ^ _mix_scalar(seed, 0xD1)) >> np.uint64(63)).astype(bool)
-        return kernels.oph_signatures(sh.values, sh.offsets, num_perm, _mix_scalar(seed, 0x0F4), go_right)
+        go_right, salt = _oph_parameters(num_perm, seed)
+        return kernels.oph_signatures(sh.values, sh.offsets, num_perm, salt, go_right)
     if scheme == "kperm":
         return _kperm(sh, num_perm, seed)
     raise ValueError(f"scheme must be 'oph' or 'kperm', got {scheme!r}")
@@ -549,16 +576,24 @@ def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
     empty), by merging the two sorted lists of each pair in a compiled loop
     (:func:`pipeline.dedup.kernels.jaccard`): linear in the two sets, no sort.
     With several parts, pairs are grouped by the two parts they touch, so parts that
-    are memory-mapped files are read a pair of parts at a time."""
+    are memory-mapped files are read a pair of parts at a time.
+
+    Parts may instead be sources of tokens (a ``tokens(rows)`` method and an
+    ``ngram`` size, e.g. :class:`pipeline.dedup.signatures.TextShingles`): then only
+    the candidate rows are tokenised, and each pair's n-grams are hashed into a set and
+    compared there (:func:`pipeline.dedup.kernels.pair_jaccard`), the same figure
+    without building sorted shingle lists."""
     pairs = _as_pairs(pairs)
     parts = _parts(sh)
     out = np.zeros(len(pairs), np.float64)
 
     def verify(a: int, b: int, positions: np.ndarray, local: np.ndarray) -> None:
         x, y = parts[a], parts[b]
-        if not isinstance(x, Shingles) or not isinstance(y, Shingles):
-            x, y, local = _taken(x, y, a == b, local)
-        out[positions] = kernels.jaccard(x.values, x.offsets, y.values, y.offsets, local)
+        if isinstance(x, Shingles) and isinstance(y, Shingles):
+            out[positions] = kernels.jaccard(x.values, x.offsets, y.values, y.offsets, local)
+            return
+        (ta, oa), (tb, ob), local = _taken(x, y, a == b, local)
+        out[positions] = kernels.pair_jaccard(ta, oa, tb, ob, local, x.ngram, 64 - HASH_BITS)
 
     _each_part_pair(pairs, _part_starts([len(p) for p in parts]), verify)
     return out
@@ -591,21 +626,22 @@ def _each_part_pair(pairs: np.ndarray, starts: np.ndarray, work: Callable[[int, 
             future.result()
 
 
-def _taken(x: Any, y: Any, same: bool, local: np.ndarray) -> tuple[Shingles, Shingles, np.ndarray]:
-    """The shingles of just the documents ``local`` pairs name, for parts that compute
-    them on demand (a ``take(rows) -> Shingles`` method, e.g.
-    :class:`pipeline.dedup.signatures.TextShingles`), and the pairs renumbered to
-    them. Only two parts' candidates are held at a time, whatever the corpus size."""
+def _taken(x: Any, y: Any, same: bool, local: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The tokens of just the documents ``local`` pairs name, of two token sources
+    (see :func:`exact_jaccard`), and the pairs renumbered to them. Only two parts'
+    candidates are held at a time, whatever the corpus size."""
+    if isinstance(x, Shingles) or isinstance(y, Shingles) or x.ngram != y.ngram:
+        raise TypeError("exact_jaccard: parts must all be Shingles, or all token sources of one n-gram size")
     if same:
         rows = np.unique(local)
-        taken = x.take(rows) if not isinstance(x, Shingles) else _subset(x, rows)
+        taken = x.tokens(rows)
         return taken, taken, np.searchsorted(rows, local)
     out = []
     for part, column in ((x, local[:, 0]), (y, local[:, 1])):
         rows = np.unique(column)
-        out.append((part.take(rows) if not isinstance(part, Shingles) else _subset(part, rows), np.searchsorted(rows, column)))
-    (sx, ix), (sy, iy) = out
-    return sx, sy, np.stack([ix, iy], axis=1)
+        out.append((part.tokens(rows), np.searchsorted(rows, column)))
+    (tx, ix), (ty, iy) = out
+    return tx, ty, np.stack([ix, iy], axis=1)
 
 
 def _subset(sh: Shingles, rows: np.ndarray) -> Shingles:

@@ -113,11 +113,6 @@ def shingles_and_signatures(summary: pa.Table, num_perm: int) -> tuple[minhash.S
     return sh, sigs
 
 
-COMPACT_ROWS = 4_096
-"""Rows shingled at once by :func:`compact_minhash_columns`: 4,096 rows of 1,000
-characters hold about 35 MB of character shingles."""
-
-
 def compact_minhash_columns(
     texts: pa.Array, shingles: Literal["word", "char"], ngram: int, num_perm: int, seed: int, scheme: str
 ) -> dict[str, pa.Array]:
@@ -128,18 +123,17 @@ def compact_minhash_columns(
     the text itself; at a million rows of 800 characters that was 6.4 GB of summaries
     in the work folder, all of it mapped by the decide step. The text costs one byte
     per character, and verification needs the shingles of the candidate pairs only.
-    The rows are shingled :data:`COMPACT_ROWS` at a time and their shingles dropped
-    once signed, so a shard's summary never holds all its shingles at once either.
+    OPH signatures and counts are computed without ever holding the shingles
+    (:func:`pipeline.dedup.minhash.sketches`); ``kperm`` shingles first.
     """
-    counts, sigs = [], []
-    for lo in range(0, len(texts), COMPACT_ROWS):
-        sh = minhash.shingle(texts.slice(lo, COMPACT_ROWS), n=ngram, kind=shingles)
-        counts.append(sh.sizes)
-        sigs.append(minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme))
-    signature = np.concatenate(sigs) if sigs else np.zeros((0, num_perm), np.uint32)
+    if scheme == "oph":
+        counts, signature = minhash.sketches(texts, ngram, shingles, num_perm, seed)
+    else:
+        sh = minhash.shingle(texts, n=ngram, kind=shingles)
+        counts, signature = sh.sizes, minhash.signatures(sh, num_perm=num_perm, seed=seed, scheme=scheme)
     return {
         "key_text": texts,
-        "shingle_count": pa.array(np.concatenate(counts) if counts else np.zeros(0, np.int64), pa.int64()),
+        "shingle_count": pa.array(counts, pa.int64()),
         "signature": pa.FixedSizeListArray.from_arrays(pa.array(signature.ravel(), pa.uint32()), num_perm),
     }
 
@@ -149,9 +143,10 @@ class TextShingles:
 
     Stands in for a :class:`pipeline.dedup.minhash.Shingles` part in
     :func:`pipeline.dedup.minhash.find_duplicates`: the size filter reads
-    ``sizes`` (stored), and :func:`pipeline.dedup.minhash.exact_jaccard` calls
-    :meth:`take` for the candidates of one pair of shards at a time. Shingling is
-    per row, so a row's shingles are the same whichever rows it is taken with.
+    ``sizes`` (stored), and :func:`pipeline.dedup.minhash.exact_jaccard` asks
+    :meth:`tokens` of the candidates of one pair of shards at a time and hashes their
+    ``ngram``-grams itself. Tokens are per row, so a row's shingles are the same
+    whichever rows it is taken with.
     """
 
     def __init__(self, summary: pa.Table, shingles: Literal["word", "char"], ngram: int) -> None:
@@ -162,8 +157,8 @@ class TextShingles:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def take(self, rows: np.ndarray) -> minhash.Shingles:
-        return minhash.shingle(self.texts.take(pa.array(rows, pa.int64())), n=self.ngram, kind=self.kind)
+    def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return minhash.tokens(self.texts.take(pa.array(rows, pa.int64())), self.kind)
 
 
 def signature_matrix(summary: pa.Table, num_perm: int) -> np.ndarray:
