@@ -30,6 +30,18 @@ def test_full_width_forms_fold_to_ascii_and_nothing_else_does() -> None:
     assert fold_width("你好。「引号」、ｱ") == "你好。「引号」、ｱ"
 
 
+def test_the_array_fold_is_the_row_fold_of_every_row() -> None:
+    """The whole-array width fold (bytes, lead bytes first) equals ``fold_width`` row by
+    row, on Chinese fortunes (full-width punctuation and ideographic spaces among other
+    three-byte characters), English ones, and rows ending in a folded form."""
+    from pipeline.text.fold import _fold_width_array
+
+    rows = records("chinese")[:400] + records("fortunes")[:200] + ["ＡＢＣ", "end　", "", "ｱ", "」＂"]
+    arr = pa.array(rows + [None])
+    assert any(fold_width(r) != r for r in rows[:400])
+    assert _fold_width_array(arr).to_pylist() == [fold_width(r) for r in rows] + [None]
+
+
 def test_keys_fold_traditional_only_in_cjk_rows() -> None:
     texts = pa.array(
         [

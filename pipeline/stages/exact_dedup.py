@@ -31,6 +31,7 @@ from pipeline.schema import ROW_ID, field_strings
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows
 from pipeline.text.fold import ScriptFold, fold_key
 from pipeline.text.parts import conversation_text, turns_text
+from pipeline.text.spaces import collapse_spaces
 
 
 class ExactDedupConfig(StageConfig):
@@ -59,7 +60,7 @@ class ExactDedupStage(Stage):
             strings = pc.utf8_lower(strings)
         if self.config.fold_punctuation:
             strings = pc.replace_substring_regex(strings, r"[\p{P}\p{S}]+", " ")
-        return pc.utf8_trim_whitespace(pc.replace_substring_regex(strings, r"\s+", " "))
+        return pc.utf8_trim_whitespace(collapse_spaces(strings))
 
     def preflight(self) -> None:
         """``key: first_user_turn`` needs instruction data."""

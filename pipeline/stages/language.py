@@ -62,6 +62,7 @@ from pipeline.schema import ROW_ID, joined_text
 from pipeline.stages.base import Stage, StageConfig, StageOutput, split_rows, state_rows, stats_of, with_stats
 from pipeline.text.cjk import cjk_rows
 from pipeline.text.script import cjk_share
+from pipeline.text.spaces import collapse_spaces
 
 log = logging.getLogger("pipeline")
 
@@ -477,7 +478,7 @@ class LanguageStage(Stage):
         """
         head = pc.utf8_slice_codeunits(joined_text(table, self.info), 0, 4 * self.config.max_chars)
         text = pc.replace_substring_regex(head, _NOISE, " ")
-        text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"[\s\x{a0}\x{3000}]+", " "))
+        text = pc.utf8_trim_whitespace(collapse_spaces(text, wide=True))
         text = pc.if_else(pc.utf8_is_upper(text), pc.utf8_lower(text), text)
         spaces = pc.count_substring(text, " ")
         chars = pc.subtract(pc.utf8_length(text), spaces).to_numpy(zero_copy_only=False)

@@ -212,15 +212,21 @@ def _fold_width_array(texts: pa.Array) -> pa.Array:
     offsets, data = utf8_buffers(texts)
     if len(data) < 3:
         return texts
-    b0, b1, b2 = data[:-2], data[1:-1], data[2:]
+    # Possible lead bytes first (one pass over the text), then the pattern at those
+    # places only: eleven whole-buffer passes cost 0.6 s per 50,000 rows of English.
+    leads = np.flatnonzero(data[:-2] >= 0xE3)
+    leads = leads[(data[leads] == 0xEF) | (data[leads] == 0xE3)]
+    b0, b1, b2 = data[leads], data[leads + 1], data[leads + 2]
     fb = (b0 == 0xEF) & (b1 == 0xBC) & (b2 >= 0x81) & (b2 <= 0xBF)
     fd = (b0 == 0xEF) & (b1 == 0xBD) & (b2 >= 0x80) & (b2 <= 0x9E)
     space = (b0 == 0xE3) & (b1 == 0x80) & (b2 == 0x80)
-    starts = np.flatnonzero(fb | fd | space)
+    found = fb | fd | space
+    starts = leads[found]
     if not len(starts):
         return texts
+    b2, fb, space = b2[found], fb[found], space[found]
     data = data.copy()
-    data[starts] = np.where(space[starts], 0x20, np.where(fb[starts], b2[starts] - 0x60, b2[starts] - 0x20))
+    data[starts] = np.where(space, 0x20, np.where(fb, b2 - 0x60, b2 - 0x20))
     keep = np.ones(len(data), dtype=bool)
     keep[starts + 1] = False
     keep[starts + 2] = False
