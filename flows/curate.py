@@ -32,7 +32,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
 
-from pipeline import executors, memory, progress, steps
+from pipeline import checkpoint, executors, memory, progress, steps
 from pipeline.card import format_reasons
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
@@ -51,6 +51,7 @@ from pipeline.fingerprint import Fingerprint, run_fingerprint
 from pipeline.inputs import DatasetConfig
 from pipeline.readers.bad_records import STAGE as BAD_RECORDS
 from pipeline.stages import registry
+from pipeline.stages.base import Stage
 from pipeline.steps import Applied, Decided, Ingested, Shard
 from pipeline.store import Store
 from pipeline.version import RunRecord, StageReport, publish
@@ -221,6 +222,33 @@ def _check_rows_left(ds: DatasetConfig, input_rows: int, reports: list[StageRepo
     )
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One stage of the run, in registry order."""
+
+    index: int
+    name: str
+    stage: Stage
+    config: dict[str, Any]
+    key: str | None
+    """Its step key; None when it does not apply to this dataset (off, or not for its kind)."""
+
+
+def _plan(cfg: PipelineConfig, ds: DatasetConfig, fp: Fingerprint, ingested: Ingested) -> list[_Step]:
+    """Every stage with its settings and step key, known before any runs: the keys
+    chain from the work key through the stages that apply, so a checkpoint's key says
+    whether the run it was written by had these settings up to its stage."""
+    stages = cfg.stages_for(ds)
+    plan, key = [], fp.work_key
+    for index, cls in enumerate(registry.stages()):
+        config = fp.stage_settings(cls.name, getattr(stages, cls.name).model_dump(mode="json"))
+        stage = steps.make_stage(cls.name, config, ingested.info)
+        if stage.applies():
+            key = fp.step_key(key, cls.name, config)
+        plan.append(_Step(index, cls.name, stage, config, key if stage.applies() else None))
+    return plan
+
+
 def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprint) -> dict[str, Any]:
     """The stages and the publishing of one dataset, holding its work folder."""
     logger = logging.getLogger("pipeline")
@@ -228,34 +256,37 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
     work = store.work_dir(fp.work_key)
     cached = {"result_storage": work / "results"}
     ingest = ingest_task.with_options(**cached)
-    ingested: Ingested = _call(ingest, "ingest", ds.model_dump(mode="json"), cfg.shard_rows, str(work))
+    dataset = (ds.model_dump(mode="json"), cfg.shard_rows, str(work))
+    saved = checkpoint.load(work)
+    ingested: Ingested = saved.ingested if saved else _call(ingest, "ingest", *dataset)
+    plan = _plan(cfg, ds, fp, ingested)
+    if saved and (saved.index >= len(plan) or plan[saved.index].key != saved.key):
+        saved = None  # stopped with other settings before that stage: its rows do not apply
+        ingested = _call(ingest, "ingest", *dataset)
     input_rows = sum(s.rows for s in ingested.shards)
     logger.info("%s: %d rows in %d shards (%s)", ds.name, input_rows, len(ingested.shards), ingested.kind)
-
-    shards = ingested.shards
-    stages = cfg.stages_for(ds)
-    reports: list[StageReport] = []
-    removed: dict[str, list[str]] = {}
-    if ingested.rejected is not None:  # on_bad_record: skip; the bad records are input rows too
-        bad = ingested.rejected.rows
-        reports.append(StageReport(BAD_RECORDS, True, input_rows + bad, input_rows, reasons=ingested.rejected_reasons))
-        removed[BAD_RECORDS] = [ingested.rejected.path]
-        input_rows += bad
-        if bad:
-            logger.warning("%s: %d bad record(s) skipped (%s)", ds.name, bad, format_reasons(ingested.rejected_reasons))
-    scores: dict[str, list[str]] = {}
-    report_order: dict[str, str] = {}
-    key = fp.work_key
-    for index, cls in enumerate(registry.stages()):
-        name = cls.name
-        stage_config = fp.stage_settings(name, getattr(stages, name).model_dump(mode="json"))
+    bad = ingested.rejected.rows if ingested.rejected is not None else 0
+    if saved is not None:
+        shards, reports, removed, scores, report_order = (
+            saved.shards, saved.reports, saved.removed, saved.scores, saved.report_order
+        )
+        logger.info("%s: resuming after %s, which a stopped run finished", ds.name, plan[saved.index].name)
+    else:
+        shards, reports, removed, scores, report_order = ingested.shards, [], {}, {}, {}
+        if ingested.rejected is not None:  # on_bad_record: skip; the bad records are input rows too
+            reasons = ingested.rejected_reasons
+            reports.append(StageReport(BAD_RECORDS, True, input_rows + bad, input_rows, reasons=reasons))
+            removed[BAD_RECORDS] = [ingested.rejected.path]
+            if bad:
+                logger.warning("%s: %d bad record(s) skipped (%s)", ds.name, bad, format_reasons(reasons))
+    input_rows += bad
+    for step in plan[saved.index + 1 if saved else 0 :]:
+        name, stage, stage_config, key = step.name, step.stage, step.config, step.key
         rows = sum(s.rows for s in shards)
-        stage = steps.make_stage(name, stage_config, ingested.info)
-        if not stage.applies():
+        if key is None:
             reports.append(StageReport(stage=name, enabled=False, rows_in=rows, rows_out=rows))
             continue
-        key = fp.step_key(key, name, stage_config)
-        out_dir = str(work / f"{index}-{name}" / key[:12])
+        out_dir = str(work / f"{step.index}-{name}" / key[:12])
         started = time.perf_counter()
         state, decision = None, {}
         if stage.is_global and (decided := steps.decided(out_dir)) is not None:
@@ -275,7 +306,7 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
             apply = apply_task.with_options(**cached)
             common = (name, stage_config, ingested)
             applied: list[Applied] = _map(apply, name, "apply", shards, common, (state, out_dir))
-        shards = [a.kept for a in applied]
+        before, shards = shards, [a.kept for a in applied]
         removed[name] = [a.removed for a in applied if a.removed]
         scores[stage.report_name or name] = [a.scores for a in applied if a.scores]
         if stage.report_sort_by:
@@ -283,6 +314,8 @@ def _curate(cfg: PipelineConfig, ds: DatasetConfig, store: Store, fp: Fingerprin
         report = StageReport.from_shards(name, applied, extra_seconds=global_seconds, decision=decision)
         reports.append(report)
         logger.info("%s: %d -> %d rows (%d changed)", name, report.rows_in, report.rows_out, report.rows_changed)
+        checkpoint.Checkpoint(step.index, key, ingested, shards, reports, removed, scores, report_order).save(work)
+        checkpoint.drop_superseded(before, shards, work)
 
     _check_rows_left(ds, input_rows, reports)
     record = RunRecord(
