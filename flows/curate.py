@@ -109,7 +109,7 @@ def _outputs(result: Ingested | Decided | Applied | str) -> list[str]:
         return [shard.path for shard in (*result.shards, result.rejected) if shard is not None]
     if isinstance(result, Decided):
         return [result.state]
-    return [path for path in (result.kept.path, result.removed, result.scores) if path]
+    return [path for path in (*result.kept.files, result.removed, result.scores) if path]
 
 
 def _complete(result: Ingested | Decided | Applied | str) -> bool:

@@ -54,7 +54,8 @@ class Checkpoint:
 
     def files(self) -> list[str]:
         """Every file the rest of the run reads from this checkpoint."""
-        paths = [s.path for s in self.shards] + [p for ps in (*self.removed.values(), *self.scores.values()) for p in ps]
+        paths = [f for s in self.shards for f in s.files]
+        paths += [p for ps in (*self.removed.values(), *self.scores.values()) for p in ps]
         return paths + ([self.ingested.rejected.path] if self.ingested.rejected else [])
 
     def save(self, work: Path) -> None:

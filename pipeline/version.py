@@ -232,7 +232,7 @@ def _kept(final: list[Shard]) -> _Kept:
     origins: Counter[str] = Counter()
     for index, shard in enumerate(final):
         names = pq.read_schema(shard.path).names
-        table = pq.read_table(shard.path, columns=[c for c in (ROW_ID, SPLIT, ORIGIN) if c in names])
+        table = shard.read(columns=[c for c in (ROW_ID, SPLIT, ORIGIN) if c in names])
         if table.num_rows == 0:
             continue
         if SPLIT in names:
@@ -255,7 +255,7 @@ def _kept(final: list[Shard]) -> _Kept:
 
 def _write_split(shard: Shard, split: str | None, path: Path) -> dict[str, Any]:
     """Write one data file: the rows of ``split`` in ``shard`` (all of them for None)."""
-    table = pq.read_table(shard.path)
+    table = shard.read()
     if split is not None and SPLIT in table.column_names:
         table = table.filter(pc.equal(table.column(SPLIT), split))
     return _write_hashed(table, path)

@@ -286,7 +286,7 @@ def test_a_scheduler_without_workers_fails_fast_with_a_clear_error(
 
 # ----------------------------------------------------------------------- more than one process holds
 
-LARGE_ROWS, LARGE_SHARD_ROWS = 180_000, 10_000
+LARGE_ROWS, LARGE_SHARD_ROWS = 240_000, 10_000
 """Real English text (``benchmarks/scale.py``'s corpus: 5% exact and 5% near copies) in
 shards of 10,000 rows; its first third is run first, for comparison."""
 
