@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,20 @@ def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
     reader = Reader(DatasetConfig.model_validate(dataset), shard_rows)
     out = Path(work_dir) / "ingest"
     shards, ids = [], []
-    for i, table in enumerate(reader.shards()):
-        path = out / f"shard-{i:05d}.parquet"
-        _write_shard(table, path)
-        shards.append(Shard(str(path), table.num_rows))
-        ids.append(table.column(ROW_ID))
+    # Each shard is written on a thread while the next is read: reading JSON is Python
+    # and holds the GIL, compressing and writing Parquet does not (17.6 -> s at a
+    # million rows). At most one shard waits to be written, so memory stays two shards.
+    with ThreadPoolExecutor(1) as writer:
+        pending: Future[None] | None = None
+        for i, table in enumerate(reader.shards()):
+            path = out / f"shard-{i:05d}.parquet"
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_shard, table, path)
+            shards.append(Shard(str(path), table.num_rows))
+            ids.append(table.column(ROW_ID))
+        if pending is not None:
+            pending.result()
     if not shards:
         bad = len(reader.rejects.rows)
         why = f"all {bad:,} of their records are bad ({reader.rejects.reasons()})" if bad else "the inputs hold no rows"
