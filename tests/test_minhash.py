@@ -280,6 +280,26 @@ def test_parts_verified_on_threads_give_what_one_part_gives() -> None:
     np.testing.assert_array_equal(mh.estimate_jaccard(sig_parts, pairs), mh.estimate_jaccard(sigs, pairs))
 
 
+def test_byte_prefilter_counts_equal_low_bytes_and_keeps_near_copies() -> None:
+    """split's candidate filter compares the low byte of each position: it counts
+    exactly the equal low bytes (numpy reference, over parts), moves its cut by the
+    1-in-256 chance match, keeps every pair whose exact Jaccard passes, and drops most
+    unrelated pairs."""
+    texts, planted = near_duplicate_corpus(n_pairs=150, max_edits=6)
+    sh = mh.shingle(pa.array(texts), n=5, kind="word")
+    sigs = mh.signatures(sh, num_perm=128)
+    rng = np.random.default_rng(4)
+    pairs = np.concatenate([planted, rng.integers(0, len(texts), (5000, 2))])
+    parts = [sigs[:111], sigs[111:200], sigs[200:]]
+    low = sigs.astype(np.uint8)
+    same = (low[pairs[:, 0]] == low[pairs[:, 1]]).sum(axis=1)
+    kept = mh.estimate_prefilter(parts, 0.35)(pairs)
+    np.testing.assert_array_equal(kept, same >= (0.35 * 255 / 256 + 1 / 256) * 128 - 1e-9)
+    exact = exact_jaccard(sh, pairs)
+    assert kept[exact >= 0.5].all() and (exact[: len(planted)] >= 0.5).sum() >= 75
+    assert kept[len(planted):].mean() < 0.1
+
+
 # ----------------------------------------------------------------------- signatures
 
 
