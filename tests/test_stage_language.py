@@ -640,3 +640,21 @@ def test_detection_processes_end_when_their_run_is_killed() -> None:
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in pids)
+
+
+def test_decide_ends_the_detection_processes() -> None:
+    """Once every shard is judged the detection processes end (each holds a model and
+    an interpreter, memory the stages after need); a later detection starts them again."""
+    import psutil
+
+    if not language._spawn_safe_main():
+        pytest.skip("the detection processes are used under `python -m pytest`, not the pytest script")
+    pool = language.detection_pool()
+    assert pool is not None and pool.submit(pow, 2, 3).result() == 8
+    procs = [psutil.Process(pid) for pid in pool._processes]
+    stage = LanguageStage(LanguageConfig(), TEXT)
+    stage.decide([stage.summarize(text_table(fortunes(FORTUNES / "people")[:20]))])
+    psutil.wait_procs(procs, timeout=15)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
+    again = language.detection_pool()
+    assert again is not None and again is not pool and again.submit(pow, 3, 2).result() == 9

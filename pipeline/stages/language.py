@@ -203,6 +203,18 @@ def detection_pool() -> ProcessPoolExecutor | None:
         return _POOL
 
 
+def close_detection_pool() -> None:
+    """End the detection processes (a later detection starts them again). Called once
+    every shard is judged: each holds a model and an interpreter (about 250 MB), which
+    the stages after language need more."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL.shutdown()
+            atexit.unregister(_POOL.shutdown)
+            _POOL = None
+
+
 def _exit_with(parent: int) -> None:
     """A detection process ends when its parent does, even one killed outright: the
     pool's queues would otherwise keep it waiting for work for good."""
@@ -526,6 +538,7 @@ class LanguageStage(Stage):
 
     def decide(self, summaries: list[pa.Table]) -> pa.Table:
         """The verdicts of all rows, with the languages kept and why in the stage's figures."""
+        close_detection_pool()  # every row is judged: their memory is the later stages'
         cfg = self.config
         state = pa.concat_tables(summaries)
         judged = state.filter(pc.greater_equal(state.column("chars"), cfg.min_chars))
