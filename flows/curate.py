@@ -4,14 +4,17 @@ One task per stage step and shard, passing shard paths (see ``pipeline.steps``);
 per-shard task does its step where ``pipeline.executors`` sends it (here, or on a
 Dask worker), so the same flow runs in-process or scaled out. Task results are
 persisted under the run's work folder and cached by their inputs and source (never
-by run id), so a run that was killed resumes: the re-run finds the finished steps
-cached and does only the rest.
+by run id), and after each stage a checkpoint is written (``pipeline.checkpoint``) and
+the row copies that stage read are deleted, so a run that was killed resumes: the
+re-run starts after the last finished stage, finds the finished steps of the stage it
+stopped in cached, and does only the rest.
 
 The work folder is named by what decides the ingested shards (input contents, column
 mapping, shard size), and each stage writes to a sub-folder named by its step key, its
 settings chained to those of the stages before it (``pipeline.fingerprint``). So a
-changed input never reuses a stale result, and a run with other settings for one stage
-takes the stages before it from the cache and re-runs that stage and those after it.
+changed input never reuses a stale result, and a checkpoint is used only by a run whose
+settings match up to its stage; a run with other settings starts from the input and
+takes from the cache what is still there.
 The flow knows no stage by name: it runs what ``pipeline.stages.registry`` lists. The folder is removed once the
 version is published. Runs of the same inputs share it, so they take turns under
 ``Store.work_lock``: the second waits, then finds the version the first published, or
