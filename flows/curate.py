@@ -13,7 +13,7 @@ The work folder is named by what decides the ingested shards (input contents, co
 mapping, shard size), and each stage writes to a sub-folder named by its step key, its
 settings chained to those of the stages before it (``pipeline.fingerprint``). So a
 changed input never reuses a stale result, and a checkpoint is used only by a run whose
-settings match up to its stage; a run with other settings starts from the input and
+settings match up to its stage; a run with other settings goes through every stage and
 takes from the cache what is still there.
 The flow knows no stage by name: it runs what ``pipeline.stages.registry`` lists. The folder is removed once the
 version is published. Runs of the same inputs share it, so they take turns under

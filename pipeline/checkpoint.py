@@ -11,9 +11,9 @@ while a stage writes its own, and the summaries of one global stage.
 
 What that costs: a stopped run resumes after its last finished stage, as before, and
 the tasks of an unfinished stage still come from Prefect's cache shard by shard; but a
-run whose settings differ from the stopped one's before that stage can no longer take
-the stages before the change from the work folder (the rows they left are gone) and
-starts again from the input.
+run whose settings differ from the stopped one's before that stage cannot use the
+checkpoint, and the rows most stages before the change left are gone: it goes through
+every stage again, taking from the cache only the steps whose files are still there.
 """
 
 from __future__ import annotations
