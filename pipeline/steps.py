@@ -120,8 +120,8 @@ def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
     out = Path(work_dir) / "ingest"
     shards, ids = [], []
     # Each shard is written on a thread while the next is read: reading JSON is Python
-    # and holds the GIL, compressing and writing Parquet does not (17.6 -> s at a
-    # million rows). At most one shard waits to be written, so memory stays two shards.
+    # and holds the GIL, compressing and writing Parquet does not. At most one shard
+    # waits to be written, so memory stays at two shards.
     with ThreadPoolExecutor(1) as writer:
         pending: Future[None] | None = None
         for i, table in enumerate(reader.shards()):
@@ -234,9 +234,10 @@ def apply(
 ) -> Applied:
     """Run a stage on one shard; kept rows, removed rows and scores go to ``out_dir``.
 
-    A shard the stage left as it was (no row removed, changed or added, the same
-    columns) is not copied: its result names the shard it read, which stays in the
-    work folder as long as this result does."""
+    A shard the stage left as it was, or only removed rows from (no row changed or
+    added, the same columns), is not copied: its result names the shard it read, with
+    the removed rows in ``Shard.without``; that file stays in the work folder as long
+    as a result names it (:func:`pipeline.checkpoint.drop_superseded`)."""
     started = time.perf_counter()
     stage = make_stage(name, config, ingested.info)
     table = shard.read()
