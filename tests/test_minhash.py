@@ -274,7 +274,8 @@ def test_parts_verified_on_threads_give_what_one_part_gives() -> None:
     rng = np.random.default_rng(0)
     pairs = np.concatenate([planted, rng.integers(0, len(texts), (3000, 2))])
     cuts = np.linspace(0, len(texts), 7).astype(int)
-    parts = [mh._subset(sh, np.arange(lo, hi)) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    parts = [Shingles(sh.values[sh.offsets[lo] : sh.offsets[hi]], sh.offsets[lo : hi + 1] - sh.offsets[lo])
+             for lo, hi in zip(cuts[:-1], cuts[1:])]
     sig_parts = [sigs[lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:])]
     np.testing.assert_array_equal(exact_jaccard(parts, pairs), exact_jaccard(sh, pairs))
     np.testing.assert_array_equal(mh.estimate_jaccard(sig_parts, pairs), mh.estimate_jaccard(sigs, pairs))

@@ -670,14 +670,6 @@ def _taken(x: Any, y: Any, same: bool, local: np.ndarray) -> tuple[tuple[np.ndar
     return tx, ty, np.stack([ix, iy], axis=1)
 
 
-def _subset(sh: Shingles, rows: np.ndarray) -> Shingles:
-    """The documents ``rows`` of ``sh``, in that order, as a new :class:`Shingles`."""
-    starts, sizes = sh.offsets[rows], sh.sizes[rows]
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    return Shingles(sh.values[_ranges(starts, sizes)], offsets)
-
-
 # ------------------------------------------------------------------------------ LSH
 
 
@@ -917,10 +909,10 @@ def find_duplicates(
     documents in ``order``), so every document dropped has a verified edge to the one
     kept in its place.
 
-    ``min_estimate``: drop candidates whose signature estimate (:func:`estimate_jaccard`)
-    is below it, band by band as they are found (see ``keep`` in
-    :func:`candidate_pairs`), before they are verified; memory then holds the
-    survivors only. Set well below ``threshold`` (the estimate of a pair at 0.5 has a
+    ``min_estimate``: drop candidates whose signature estimate (on one byte per
+    position, :func:`estimate_prefilter`) is below it, band by band as they are found
+    (see ``keep`` in :func:`candidate_pairs`), before they are verified; memory then
+    holds the survivors only. Set well below ``threshold`` (the estimate of a pair at 0.5 has a
     standard deviation of about 0.045 with 128 positions), it drops unrelated pairs,
     not near copies.
     """
