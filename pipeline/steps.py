@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -116,8 +117,8 @@ def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
     data). Duplicate row ids across all inputs are an error: the ledger could not
     tell the rows apart.
     """
-    reader = Reader(DatasetConfig.model_validate(dataset), shard_rows)
     out = Path(work_dir) / "ingest"
+    reader = Reader(DatasetConfig.model_validate(dataset), shard_rows, spill_dir=out)
     shards, ids = [], []
     # Each shard is written on a thread while the next is read: reading JSON is Python
     # and holds the GIL, compressing and writing Parquet does not. At most one shard
@@ -130,7 +131,8 @@ def ingest(dataset: dict[str, Any], shard_rows: int, work_dir: str) -> Ingested:
                 pending.result()
             pending = writer.submit(_write_shard, table, path)
             shards.append(Shard(str(path), table.num_rows))
-            ids.append(table.column(ROW_ID))
+            # a copy: the table may be a view of a spilled file (readers), kept mapped by a view
+            ids.append(pc.take(table.column(ROW_ID), pa.array(np.arange(table.num_rows))))
         if pending is not None:
             pending.result()
     if not shards:

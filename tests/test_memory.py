@@ -249,3 +249,38 @@ def test_the_local_executor_runs_at_most_threads_steps_at_once() -> None:
 def test_threads_is_for_the_local_executor_only() -> None:
     with pytest.raises(ValueError, match="threads applies to kind local only"):
         executors.ExecutorConfig(kind="dask", threads=2)
+
+
+def _ingest_peak(path: Path, work: Path, shard_rows: int) -> tuple[int, int]:
+    """(Arrow's peak allocation, rows) of ``steps.ingest`` over ``path``, in a process
+    of its own (the peak is per process)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, pyarrow as pa; from pipeline import steps; "
+        f"r = steps.ingest({{'name': 'd', 'inputs': [{str(path)!r}]}}, {shard_rows}, {str(work)!r}); "
+        "print(json.dumps([pa.default_memory_pool().max_memory(), sum(s.rows for s in r.shards)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    peak, rows = json.loads(done.stdout.strip().splitlines()[-1])
+    return peak, rows
+
+
+def test_reading_json_lines_holds_a_batch_not_the_file(tmp_path: Path) -> None:
+    """A JSON file's batches wait on disk until the file is read and given one schema:
+    held in memory they were the whole file (1.4 GB at a million rows). Ten times the
+    rows leave ingest's peak Arrow allocation where it was, and the spilled batches
+    are gone afterwards."""
+    from benchmarks.scale import build_corpus
+
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    build_corpus(3_000, small)
+    build_corpus(30_000, large)
+    small_peak, small_rows = _ingest_peak(small, tmp_path / "work-small", 1_000)
+    large_peak, large_rows = _ingest_peak(large, tmp_path / "work-large", 1_000)
+    assert (small_rows, large_rows) == (3_000, 30_000)
+    assert large_peak < 2 * small_peak, (small_peak, large_peak)
+    assert large.stat().st_size > 5 * large_peak
+    assert not list((tmp_path / "work-large" / "ingest").glob(".json-batches-*"))

@@ -14,13 +14,17 @@ there, a text column of numbers, a malformed record, a duplicate id) raises a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_arrow, write_arrow
 from pipeline.inputs import DatasetConfig
 from pipeline.readers.bad_records import BadRecordError, Rejects
 from pipeline.readers.columns import json_kind, unify_batches
@@ -125,6 +129,9 @@ class Reader:
 
     dataset: DatasetConfig
     shard_rows: int
+    spill_dir: Path | None = None
+    """Where a JSON file's batches wait on disk until the file is read (see
+    :meth:`_file_tables`); the system's temporary folder by default."""
 
     def __post_init__(self) -> None:
         self.skip_bad = self.dataset.on_bad_record == "skip"
@@ -153,7 +160,10 @@ class Reader:
 
     def _file_tables(self, f: InputFile) -> Iterator[pa.Table]:
         """One file's canonical tables. JSON types each batch from its own values, so
-        its tables are held until the file is read and given one schema."""
+        a file's tables are given one schema once it is read (:func:`unify_batches`);
+        until then they wait on disk, as Arrow files read back memory-mapped, one at a
+        time. Held in memory, they were the whole file: 1.4 GB of a million rows of
+        JSON Lines, so the reading grew with the rows."""
         source_map = self.maps[f]
 
         def skip(error: BadRecordError, line: int) -> None:
@@ -164,9 +174,15 @@ class Reader:
         if f.format not in JSON_FORMATS:
             yield from (source_map.canonical(b)[0] for b in batches)
             return
-        parts = [part for b in batches if (part := self._canonical(source_map, b)) is not None]
-        if parts:
-            yield from unify_batches([t for t, _ in parts], [j for _, j in parts], source_map.fixed)
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".json-batches-", dir=self.spill_dir) as folder:
+            spilled = _Spilled(Path(folder))
+            for b in batches:
+                if (part := self._canonical(source_map, b)) is not None:
+                    spilled.append(*part)
+            if len(spilled):
+                yield from unify_batches(spilled, spilled.as_json, source_map.fixed)
 
     def _canonical(self, source_map: SourceMap, raw: RawBatch) -> tuple[pa.Table, set[str]] | None:
         """:meth:`SourceMap.canonical`; under ``on_bad_record: skip`` a record at fault
@@ -192,6 +208,32 @@ class Reader:
         if isinstance(layout, ChatLayout):
             text |= set(layout.prompt) | {c for c in (layout.response, layout.system) if c}
         return text | ({source_map.id_column} - {None})
+
+
+class _Spilled(Sequence[pa.Table]):
+    """Tables written to a folder as they come, read back memory-mapped when asked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.as_json: list[set[str]] = []
+
+    def append(self, table: pa.Table, as_json: set[str]) -> None:
+        write_arrow(table, self.folder / f"{len(self.as_json):06d}.arrow")
+        self.as_json.append(as_json)
+
+    def __len__(self) -> int:
+        return len(self.as_json)
+
+    @overload
+    def __getitem__(self, index: int) -> pa.Table: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[pa.Table]: ...
+    def __getitem__(self, index: int | slice) -> pa.Table | list[pa.Table]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return read_arrow(self.folder / f"{index % len(self):06d}.arrow")
 
 
 def reject_id(f: InputFile, line: int) -> str:

@@ -12,7 +12,7 @@ batches typed a column differently is given one type for all of them by
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -103,8 +103,8 @@ def storable(t: pa.DataType) -> bool:
     return True
 
 
-def unify_batches(tables: list[pa.Table], as_json: list[set[str]], fixed: set[str]) -> list[pa.Table]:
-    """One schema for all the canonical tables of one file.
+def unify_batches(tables: Sequence[pa.Table], as_json: list[set[str]], fixed: set[str]) -> Iterator[pa.Table]:
+    """One schema for all the canonical tables of one file, given one table at a time.
 
     ``as_json[i]`` names the columns of ``tables[i]`` already stored as JSON text;
     ``fixed`` the columns whose type the reader set (roles, bookkeeping), left alone.
@@ -112,6 +112,10 @@ def unify_batches(tables: list[pa.Table], as_json: list[set[str]], fixed: set[st
     type is widened where Arrow can (integers to decimals) and stored as JSON text in
     every table where it cannot, marked so by its field's metadata
     (:data:`pipeline.schema.JSON_TEXT`). ``changed_by`` stays the last column.
+
+    ``tables`` is read twice, a table at a time, so it can be a sequence that loads
+    each table when asked (the reader's batches spilled to disk): then memory holds one
+    table, whatever the file's size.
     """
     order: dict[str, None] = {}
     for table in tables:
@@ -122,16 +126,10 @@ def unify_batches(tables: list[pa.Table], as_json: list[set[str]], fixed: set[st
     for name in names:
         if name in fixed or name in json_columns:
             continue
-        present = [t.column(name) for t in tables if name in t.column_names]
-        known = [pa.schema([(name, c.type)]) for c in present if not pa.types.is_null(c.type)]
         try:
-            types[name] = pa.unify_schemas(known, promote_options="permissive").field(name).type if known else pa.null()
-            for column in present:
-                column.cast(types[name])
+            types[name] = _common_type(tables, name)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             json_columns.add(name)
-            types.pop(name, None)
-    unified = []
     for table, encoded in zip(tables, as_json):
         columns: dict[str, pa.ChunkedArray | pa.Array] = {}
         for name in names:
@@ -144,5 +142,16 @@ def unify_batches(tables: list[pa.Table], as_json: list[set[str]], fixed: set[st
             else:
                 columns[name] = table.column(name)
         fields = [pa.field(n, columns[n].type, metadata=JSON_TEXT if n in json_columns else None) for n in names]
-        unified.append(pa.table(columns, schema=pa.schema(fields)))
-    return unified
+        yield pa.table(columns, schema=pa.schema(fields))
+
+
+def _common_type(tables: Sequence[pa.Table], name: str) -> pa.DataType:
+    """The type every table's column ``name`` widens to; raises an Arrow error when
+    one of them does not cast to it."""
+    known = [pa.schema([(name, t.schema.field(name).type)]) for t in tables if name in t.column_names]
+    known = [k for k in known if not pa.types.is_null(k.field(name).type)]
+    common = pa.unify_schemas(known, promote_options="permissive").field(name).type if known else pa.null()
+    for table in tables:
+        if name in table.column_names:
+            table.column(name).cast(common)
+    return common
