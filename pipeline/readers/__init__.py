@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -224,16 +223,10 @@ class _Spilled(Sequence[pa.Table]):
     def __len__(self) -> int:
         return len(self.as_json)
 
-    @overload
-    def __getitem__(self, index: int) -> pa.Table: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[pa.Table]: ...
-    def __getitem__(self, index: int | slice) -> pa.Table | list[pa.Table]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
+    def __getitem__(self, index: int) -> pa.Table:  # type: ignore[override]  # no slices: nothing asks for them
+        if not 0 <= index < len(self):
             raise IndexError(index)
-        return read_arrow(self.folder / f"{index % len(self):06d}.arrow")
+        return read_arrow(self.folder / f"{index:06d}.arrow")
 
 
 def reject_id(f: InputFile, line: int) -> str:

@@ -113,23 +113,39 @@ def unify_batches(tables: Sequence[pa.Table], as_json: list[set[str]], fixed: se
     every table where it cannot, marked so by its field's metadata
     (:data:`pipeline.schema.JSON_TEXT`). ``changed_by`` stays the last column.
 
-    ``tables`` is read twice, a table at a time, so it can be a sequence that loads
-    each table when asked (the reader's batches spilled to disk): then memory holds one
-    table, whatever the file's size.
+    ``tables`` may be a sequence that loads each table when asked (the reader's
+    batches, spilled to disk): it is read through twice, a table at a time, and a
+    table is loaded a third time only if one of its columns must be tried in the
+    common type. Memory then holds one table, whatever the file's size.
     """
+    schemas = [table.schema for table in tables]
     order: dict[str, None] = {}
-    for table in tables:
-        order.update(dict.fromkeys(n for n in table.column_names if n != CHANGED_BY))
+    for schema in schemas:
+        order.update(dict.fromkeys(n for n in schema.names if n != CHANGED_BY))
     names = [*order, CHANGED_BY]
     json_columns: set[str] = set().union(*as_json)
     types: dict[str, pa.DataType] = {}
     for name in names:
         if name in fixed or name in json_columns:
             continue
+        known = [pa.schema([(name, s.field(name).type)]) for s in schemas if name in s.names]
+        known = [k for k in known if not pa.types.is_null(k.field(name).type)]
         try:
-            types[name] = _common_type(tables, name)
+            types[name] = pa.unify_schemas(known, promote_options="permissive").field(name).type if known else pa.null()
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             json_columns.add(name)
+    for index, schema in enumerate(schemas):
+        # a column typed otherwise than the common type must cast to it, or it is JSON text in every table
+        other = [n for n, t in types.items() if n in schema.names and schema.field(n).type != t]
+        if not other:
+            continue
+        table = tables[index]
+        for name in other:
+            try:
+                table.column(name).cast(types[name])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                json_columns.add(name)
+                del types[name]
     for table, encoded in zip(tables, as_json):
         columns: dict[str, pa.ChunkedArray | pa.Array] = {}
         for name in names:
@@ -143,15 +159,3 @@ def unify_batches(tables: Sequence[pa.Table], as_json: list[set[str]], fixed: se
                 columns[name] = table.column(name)
         fields = [pa.field(n, columns[n].type, metadata=JSON_TEXT if n in json_columns else None) for n in names]
         yield pa.table(columns, schema=pa.schema(fields))
-
-
-def _common_type(tables: Sequence[pa.Table], name: str) -> pa.DataType:
-    """The type every table's column ``name`` widens to; raises an Arrow error when
-    one of them does not cast to it."""
-    known = [pa.schema([(name, t.schema.field(name).type)]) for t in tables if name in t.column_names]
-    known = [k for k in known if not pa.types.is_null(k.field(name).type)]
-    common = pa.unify_schemas(known, promote_options="permissive").field(name).type if known else pa.null()
-    for table in tables:
-        if name in table.column_names:
-            table.column(name).cast(common)
-    return common
