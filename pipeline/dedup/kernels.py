@@ -137,6 +137,15 @@ def _ngram_room(length: int, n: int) -> int:
     return length - n + 1 if length >= n else min(length, 1)
 
 
+@numba.njit(cache=True, inline="always")
+def _most_ngrams(tok_offsets: np.ndarray, n: int) -> int:
+    """The most n-gram hashes :func:`_doc_ngrams` writes for one of the documents."""
+    most = 0
+    for d in range(len(tok_offsets) - 1):
+        most = max(most, _ngram_room(tok_offsets[d + 1] - tok_offsets[d], n))
+    return most
+
+
 @numba.njit(cache=True, nogil=True)
 def ngram_sets(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct n-gram hashes (:func:`_doc_ngrams`) of each document, sorted, as
@@ -207,9 +216,7 @@ def ngram_signatures(
     docs = len(tok_offsets) - 1
     counts = np.zeros(docs, np.int64)
     out = np.empty((docs, num_perm), np.uint32)
-    longest = 0
-    for d in range(docs):
-        longest = max(longest, _ngram_room(tok_offsets[d + 1] - tok_offsets[d], n))
+    longest = _most_ngrams(tok_offsets, n)
     scratch = np.empty(longest, np.uint64)
     size = _table_size(longest)
     keys = np.empty(size, np.uint64)
@@ -241,12 +248,7 @@ def pair_jaccard(
     :func:`ngram_sets` then :func:`jaccard`, without sorting. A's n-grams go into a
     hash set tagged 1, B's are looked up (tag 3 when shared, 2 when B's alone), so
     each n-gram is hashed and probed once. 0 when both are empty."""
-    longest_a = 0
-    for d in range(len(offsets_a) - 1):
-        longest_a = max(longest_a, _ngram_room(offsets_a[d + 1] - offsets_a[d], n))
-    longest_b = 0
-    for d in range(len(offsets_b) - 1):
-        longest_b = max(longest_b, _ngram_room(offsets_b[d + 1] - offsets_b[d], n))
+    longest_a, longest_b = _most_ngrams(offsets_a, n), _most_ngrams(offsets_b, n)
     grams_a = np.empty(longest_a, np.uint64)
     grams_b = np.empty(longest_b, np.uint64)
     size = _table_size(longest_a + longest_b)
