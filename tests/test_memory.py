@@ -118,6 +118,99 @@ def test_decide_reads_mapped_summaries_in_place(tmp_path: Path) -> None:
     assert signature_matrix(mapped, 128).ctypes.data == mapped.column("signature").chunk(0).values.buffers()[1].address
 
 
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="resident pages per mapping are read from Linux's /proc")
+
+
+@needs_proc
+def test_mapped_pages_are_dropped_and_read_back_and_other_memory_is_left_alone(tmp_path: Path) -> None:
+    values = np.arange(8_000_000, dtype=np.int64) * 7919
+    write_arrow(pa.table({"v": values}), tmp_path / "mapped.arrow")
+    column = read_arrow(tmp_path / "mapped.arrow").column("v").chunk(0).to_numpy()
+    total = int(column.sum())
+    assert _resident_kb(tmp_path / "mapped.arrow") > 60_000  # 64 MB read
+    pages = memory.MappedPages([[column]])
+    assert pages.mapped_bytes >= column.nbytes
+    pages.release(0)
+    assert _resident_kb(tmp_path / "mapped.arrow") < 1_000
+    assert int(column.sum()) == total  # read back from the file
+
+    anonymous = values.copy()
+    writable = np.memmap(tmp_path / "writable.bin", dtype=np.int64, mode="w+", shape=(1_000_000,))
+    writable[:] = 5  # written pages of a shared mapping: dropping them would be safe, but is not ours to do
+    private = np.memmap(tmp_path / "writable.bin", dtype=np.int64, mode="c", shape=(1_000_000,))
+    private[:10] = 6  # copy-on-write: dropped, these values would be lost
+    others = memory.MappedPages([[anonymous], [writable], [private]])
+    assert others.mapped_bytes == 0
+    for part in range(3):
+        others.release(part)
+    np.testing.assert_array_equal(anonymous, values)
+    assert int(writable.sum()) == 5_000_000 and private[:10].tolist() == [6] * 10
+
+
+@needs_proc
+def test_decide_leaves_no_summary_pages_resident_and_finds_what_in_memory_parts_find(tmp_path: Path) -> None:
+    """split's engine over memory-mapped summaries: banding, the byte prefilter and
+    verification each drop the pages they read (at two million rows these pages were
+    most of the decide steps' 3.8-3.9 GiB), and the pairs are those of the same
+    summaries held in memory."""
+    texts = pa.array(corpus_with_copies())
+    parts = [texts.slice(lo, 180) for lo in range(0, len(texts), 180)]
+    for i, part in enumerate(parts):
+        write_arrow(pa.table(compact_minhash_columns(part, "char", 5, 128, seed=1, scheme="oph")), tmp_path / f"{i}.arrow")
+    in_memory = [pa.table(compact_minhash_columns(p, "char", 5, 128, seed=1, scheme="oph")) for p in parts]
+    mapped = [read_arrow(tmp_path / f"{i}.arrow") for i in range(len(parts))]
+
+    def found(summaries: list[pa.Table]) -> minhash.DedupResult:
+        return minhash.find_duplicates(
+            [TextShingles(s, "char", 5) for s in summaries], [signature_matrix(s, 128) for s in summaries],
+            threshold=0.5, verify="exact", min_estimate=0.35,
+        )
+
+    want, got = found(in_memory), found(mapped)
+    assert len(want.pairs) >= 100
+    np.testing.assert_array_equal(got.pairs, want.pairs)
+    np.testing.assert_array_equal(got.similarity, want.similarity)
+    summary_kb = sum((tmp_path / f"{i}.arrow").stat().st_size for i in range(len(parts))) // 1024
+    resident = [_resident_kb(tmp_path / f"{i}.arrow") for i in range(len(parts))]
+    # what stays is the files' headers and footers, read as they were opened, with the
+    # kernel's fault-around (up to 16 pages a fault): not the columns
+    assert max(resident) <= 80 and summary_kb > 5 * sum(resident), (resident, summary_kb)
+
+
+def test_candidates_made_in_small_batches_are_the_same_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A band's pairs are made and filtered a batch at a time (at five million rows a
+    band of split's banding holds some 50 million raw pairs); the batch size changes
+    nothing found."""
+    sh = minhash.shingle(pa.array(corpus_with_copies()), n=5, kind="char")
+    sigs = minhash.signatures(sh, 128, seed=1)
+    keep = minhash.estimate_prefilter(sigs, 0.2)
+    seen: list[int] = []
+
+    def counted(pairs: np.ndarray) -> np.ndarray:
+        seen.append(len(pairs))
+        return keep(pairs)
+
+    whole = minhash.candidate_pairs(sigs, 32, 4, keep=keep)
+    unfiltered = minhash.candidate_pairs(sigs, 32, 4)
+    monkeypatch.setattr(minhash, "BATCH_PAIRS", 40)
+    assert len(unfiltered) > len(whole) >= 100
+    np.testing.assert_array_equal(minhash.candidate_pairs(sigs, 32, 4, keep=counted), whole)
+    np.testing.assert_array_equal(minhash.candidate_pairs(sigs, 32, 4), unfiltered)
+    # many batches a band, most within the size (a bucket of 21 near copies is one batch of 210 pairs)
+    assert len(seen) > 32 and np.median(seen) <= 40
+
+
 @pytest.mark.parametrize("sample", ["classification.jsonl", "instruction.jsonl", "chat.jsonl"])
 def test_row_stages_in_slices_give_what_the_whole_shard_gives(sample: str) -> None:
     """Every row-local stage, on the sample files' planted noise, mojibake, markup,

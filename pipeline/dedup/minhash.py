@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 
 from pipeline.dedup import kernels
 from pipeline.executors import usable_cores
+from pipeline.memory import MappedPages
 from pipeline.text.cjk import cjk_rows
 
 __all__ = [
@@ -591,7 +592,11 @@ def estimate_prefilter(sigs: SignatureParts, min_estimate: float) -> Callable[[n
     verdict: the pairs it keeps are verified exactly. The byte copies cost one byte per
     position per row in memory (128 MB at a million rows of 128 positions)."""
     parts = _parts(sigs)
-    low = [np.asarray(p, dtype=np.uint8) for p in parts]  # the value mod 256
+    pages = MappedPages([[p] for p in parts])
+    low = []
+    for i, p in enumerate(parts):
+        low.append(np.asarray(p, dtype=np.uint8))  # the value mod 256
+        pages.release(i)
     k = parts[0].shape[1] if parts else 1
     cut = (min_estimate * (1 - 1 / 256) + 1 / 256) * k
     return lambda pairs: _matching_positions(low, pairs, np.int64(-1)) >= cut - 1e-9
@@ -604,25 +609,41 @@ def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
     With several parts, pairs are grouped by the two parts they touch, so parts that
     are memory-mapped files are read a pair of parts at a time.
 
-    Parts may instead be sources of tokens (a ``tokens(rows)`` method and an
-    ``ngram`` size, e.g. :class:`pipeline.dedup.signatures.TextShingles`): then only
+    Parts that are memory-mapped are dropped from the process's resident pages as each
+    group of pairs is done (:class:`pipeline.memory.MappedPages`).
+
+    Parts may instead be sources of tokens (a ``tokens(rows)`` method, an ``ngram``
+    size and optionally ``memory()``, the buffers it reads, e.g.
+    :class:`pipeline.dedup.signatures.TextShingles`): then only
     the candidate rows are tokenised, and each pair's n-grams are hashed into a set and
     compared there (:func:`pipeline.dedup.kernels.pair_jaccard`), the same figure
     without building sorted shingle lists."""
     pairs = _as_pairs(pairs)
     parts = _parts(sh)
     out = np.zeros(len(pairs), np.float64)
+    pages = MappedPages([_memory(p) for p in parts])
 
     def verify(a: int, b: int, positions: np.ndarray, local: np.ndarray) -> None:
         x, y = parts[a], parts[b]
         if isinstance(x, Shingles) and isinstance(y, Shingles):
             out[positions] = kernels.jaccard(x.values, x.offsets, y.values, y.offsets, local)
-            return
-        (ta, oa), (tb, ob), local = _taken(x, y, a == b, local)
-        out[positions] = kernels.pair_jaccard(ta, oa, tb, ob, local, x.ngram, 64 - HASH_BITS)
+        else:
+            (ta, oa), (tb, ob), local = _taken(x, y, a == b, local)
+            out[positions] = kernels.pair_jaccard(ta, oa, tb, ob, local, x.ngram, 64 - HASH_BITS)
+        pages.release(a)
+        pages.release(b)
 
     _each_part_pair(pairs, _part_starts([len(p) for p in parts]), verify)
     return out
+
+
+def _memory(part: Any) -> list[np.ndarray | pa.Buffer]:
+    """What a shingle part reads from: its arrays, or a token source's ``memory()``
+    (none if it has no such method)."""
+    if isinstance(part, Shingles):
+        return [part.values, part.offsets]
+    memory = getattr(part, "memory", None)
+    return list(memory()) if memory is not None else []
 
 
 def _each_part_pair(pairs: np.ndarray, starts: np.ndarray, work: Callable[[int, int, np.ndarray, np.ndarray], None]) -> None:
@@ -757,6 +778,28 @@ def _group_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_b
     return out
 
 
+def _bucket_batches(sizes: np.ndarray, max_bucket_pairs: int, max_pairs: int) -> Iterator[slice]:
+    """Consecutive runs of buckets (of ``sizes`` documents) that give at most
+    ``max_pairs`` pairs together in :func:`_group_pairs`; a bucket that alone gives
+    more is a run of its own."""
+    full = sizes * (sizes - 1) // 2
+    pairs = np.where(full <= max_bucket_pairs, full, 2 * sizes - 3)
+    ends = np.cumsum(pairs)
+    lo = 0
+    while lo < len(sizes):
+        hi = int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + max_pairs, side="right"))
+        hi = max(hi, lo + 1)
+        yield slice(lo, hi)
+        lo = hi
+
+
+BATCH_PAIRS = 4_000_000
+"""Pairs :func:`candidate_pairs` makes from one band at a time before filtering them
+(64 MB as pairs). A band's buckets can hold far more: on the scale benchmark's corpus
+``split``'s banding makes about a million raw pairs per band at 400,000 rows, growing
+with the square of the rows (some 50 million per band, 800 MB, at five million)."""
+
+
 def candidate_pairs(
     sigs: SignatureParts,
     bands: int,
@@ -779,44 +822,58 @@ def candidate_pairs(
     :data:`EMPTY`) never become candidates.
 
     One band is grouped at a time, from the signature parts as they are (views, or
-    memory-mapped files): besides the pairs, memory holds one ``uint64`` key and one
-    sort index per document (16 bytes per document, whatever ``num_perm``).
+    memory-mapped files, whose pages are dropped from the process as each part is
+    read, see :class:`pipeline.memory.MappedPages`): besides the pairs, memory holds one
+    ``uint64`` key and one sort index per document (16 bytes per document, whatever
+    ``num_perm``), and a band's pairs are made :data:`BATCH_PAIRS` at a time.
+    Pairs found are kept as one ``int64`` code each (``i * n + j``) until the end.
 
-    ``keep(pairs) -> mask``, when given, filters each band's pairs before they are
-    gathered, so only the survivors are ever held: with a low threshold on character
-    shingles the candidates grow with the square of the rows (unrelated English
-    documents share common 5-grams), 9.7 million at 200,000 rows, and holding them
-    all took 14 GB at a million.
+    ``keep(pairs) -> mask``, when given, filters each batch of pairs as it is made, so
+    only the survivors are ever held: with a low threshold on character shingles the
+    candidates grow with the square of the rows (unrelated English documents share
+    common 5-grams), 9.7 million at 200,000 rows, and holding them all took 14 GB at a
+    million.
     """
     parts = [p for p in _parts(sigs) if len(p)]
     n = sum(len(p) for p in parts)
     width = parts[0].shape[1] if parts else bands * rows
     if bands < 1 or rows < 1 or bands * rows > width:
         raise ValueError(f"bands*rows must fit the {width} signature positions: {bands}x{rows}")
-    live_mask = np.concatenate([~(p == EMPTY).all(axis=1) for p in parts]) if parts else np.zeros(0, bool)
-    live = np.flatnonzero(live_mask)
+    pages = MappedPages([[p] for p in parts])
+    live_parts = []
+    for i, p in enumerate(parts):
+        live_parts.append(~(p == EMPTY).all(axis=1))
+        pages.release(i)
+    live = np.flatnonzero(np.concatenate(live_parts)) if parts else np.zeros(0, np.int64)
     if len(live) < 2:
         return np.zeros((0, 2), np.int64)
     found: list[np.ndarray] = []
     for b in range(bands):
-        keys = np.concatenate([_band_key(p, b, rows) for p in parts])[live]
-        order = np.argsort(keys, kind="stable")
-        k = keys[order]
+        keys = []
+        for i, p in enumerate(parts):
+            keys.append(_band_key(p, b, rows))
+            pages.release(i)
+        k = np.concatenate(keys)[live]
+        del keys
+        order = np.argsort(k, kind="stable")
+        k = k[order]
         change = np.flatnonzero(k[1:] != k[:-1]) + 1
         starts = np.concatenate([[0], change])
         sizes = np.diff(np.concatenate([starts, [len(k)]]))
         multi = sizes > 1
-        if multi.any():
-            band = _group_pairs(live[order], starts[multi], sizes[multi], max_bucket_pairs)
-            if keep is not None and band:
-                pairs = np.concatenate(band)
-                band = [pairs[keep(pairs)]]
-            found.extend(band)
+        starts, sizes, members = starts[multi], sizes[multi], live[order]
+        for batch in _bucket_batches(sizes, max_bucket_pairs, BATCH_PAIRS):
+            made = _group_pairs(members, starts[batch], sizes[batch], max_bucket_pairs)
+            pairs = np.concatenate(made) if len(made) != 1 else made[0]
+            del made
+            if keep is not None:
+                pairs = pairs[keep(pairs)]
+            lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+            found.append(lo * np.int64(n) + hi)
     if not found:
         return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(found)
-    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    code = unique(lo * np.int64(n) + hi)
+    code = unique(np.concatenate(found))
+    del found
     return np.stack([code // n, code % n], axis=1)
 
 

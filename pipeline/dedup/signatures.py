@@ -157,6 +157,11 @@ class TextShingles:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def memory(self) -> list[np.ndarray | pa.Buffer]:
+        """The buffers rows are read from (memory-mapped ones may be dropped from the
+        process once read, see :class:`pipeline.memory.MappedPages`)."""
+        return [b for b in self.texts.buffers() if b is not None] + [self.sizes]
+
     def tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return minhash.tokens(self.texts.take(pa.array(rows, pa.int64())), self.kind)
 
