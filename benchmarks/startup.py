@@ -6,9 +6,10 @@
 Each repeat times, from command to exit (the version published), as a user runs it:
 
 * **machine-first**: 1,000 rows into a new output folder, with an empty cache
-  (``XDG_CACHE_HOME``): as on a new machine, Prefect migrates a new database for its
-  temporary server (``<output>/.prefect``), and the run keeps a copy of it, empty, in
-  the cache;
+  (``XDG_CACHE_HOME``): as on a new machine, the temporary server's new database
+  (``<output>/.prefect``) is made from the packaged schema of Prefect's last migration
+  (``flows/prefect_database.py``; Prefect's migrations where the installed Prefect has
+  none), and the run keeps a copy of it, empty, in the cache;
 * **first**: the same rows into another new folder: its database is that copy;
 * **second**: another 1,000 rows into that folder: the database is there, the run
   publishes a second version.

@@ -11,8 +11,9 @@ The temporary server is the child process Prefect itself would start (``python -
 uvicorn ...``), but started by ``run`` as soon as the inputs are checked, rather than
 by Prefect's client when the flow begins: its 2.7 s of start-up then overlap the run's
 own imports (:class:`TemporaryServer`). A new home gets a copy of an empty database
-that Prefect migrated before (:func:`_seed_database`), since migrating a new one takes
-5-6 s. The server is stopped at exit; a run that is killed cannot stop it, and the
+that an earlier run's server left, or on a new machine one made from the schema
+Prefect's migrations end at (:func:`_seed_database`), since migrating a new one
+takes 5-6 s. The server is stopped at exit; a run that is killed cannot stop it, and the
 server (about 200 MB) would run on for good. Each run marks its server with its own
 identity, passed down in the environment, and stops the servers whose run is gone
 before it starts its own (:func:`stop_orphaned_servers`).
@@ -38,6 +39,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows import prefect_database
 from pipeline.errors import PipelineError
 from pipeline.files import DISK_FULL_MESSAGES, disk_full
 
@@ -252,33 +254,38 @@ def _database_template() -> Path:
 
 
 def _seed_database(home: Path) -> bool:
-    """Give a new home a copy of the template database, if there is one; whether the
-    home's database is new (neither there nor copied: Prefect makes it, migrating it
-    from nothing in 5-6 s).
+    """Give a new home its database: a copy of the template, or else one made from
+    the packaged schema of Prefect's last migration (:mod:`flows.prefect_database`).
+    Returns whether the home's database is new, not the template: then the server
+    registers its block types in it (or, where there is no schema for the installed
+    Prefect, makes it by migrating from nothing, 5-6 s), and :meth:`TemporaryServer.wait`
+    keeps a copy as the template.
 
-    The copy is what Prefect's migrations and block registration left in an empty
-    database, so the server finds it up to date. It is put in place only if no
-    database appeared meanwhile (``os.link`` fails on an existing name), so two runs
-    starting in one new folder share one database."""
+    The template is what Prefect's migrations (or the schema) and block registration
+    left in an empty database, so the server finds it up to date. Either is put in
+    place only if no database appeared meanwhile (``os.link`` fails on an existing
+    name), so two runs starting in one new folder share one database."""
     if any(os.environ.get(name) for name in DATABASE_SETTINGS):
         return False
     database, template = home / "prefect.db", _database_template()
     if database.exists():
         return False
-    if not template.is_file():
-        return True
     partial = home / f".prefect.db.{os.getpid()}"
+    copied = template.is_file()
     try:
-        shutil.copyfile(template, partial)
+        if copied:
+            shutil.copyfile(template, partial)
+        elif not prefect_database.create(partial):
+            return True
         os.link(partial, database)
     except FileExistsError:
         pass
-    except OSError as exc:  # a cache that cannot be read: Prefect makes the database, as it would anyway
-        logging.getLogger(__name__).debug("no copy of %s: %s", template, exc)
+    except (OSError, sqlite3.Error) as exc:  # Prefect makes the database, as it would anyway
+        logging.getLogger(__name__).debug("no database from %s: %s", template if copied else "the schema", exc)
         return True
     finally:
         partial.unlink(missing_ok=True)
-    return False
+    return not copied
 
 
 def _save_template(database: Path) -> None:

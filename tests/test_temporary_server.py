@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import environment
+from flows import environment, prefect_database
 from flows.environment import _save_template, _seed_database, start_temporary_server
 from tests.conftest import REPO
 from tests.test_resume import temporary_servers
@@ -63,7 +63,72 @@ def _migrated(path: Path) -> Path:
     return path
 
 
-def test_a_new_home_starts_from_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No packaged schema for the installed Prefect, as with a Prefect released after it."""
+    monkeypatch.setattr(prefect_database, "SCHEMAS", tmp_path / "no-schemas")
+
+
+def _definition(sql: str) -> tuple[list[str], list[str]]:
+    """A table's definition as (its lines in order, its constraints in any order).
+
+    Prefect's migrations rebuild tables (alembic's batch mode) and write their
+    constraints in an order that changes from one run of the migrations to the next:
+    two migrated databases differ in it. The columns' order is the table's."""
+    lines = [line.strip().rstrip(",").strip() for line in sql.splitlines()]
+    return [x for x in lines if not x.startswith("CONSTRAINT")], sorted(x for x in lines if x.startswith("CONSTRAINT"))
+
+
+def _schema(database: Path) -> dict[str, object]:
+    """What a SQLite database is, apart from its pages: definitions, rows per table,
+    the migration it is at, and the settings kept in the file."""
+    with closing(sqlite3.connect(database)) as db:
+        definitions = sorted(
+            (kind, name, table, _definition(sql or ""))
+            for kind, name, table, sql in db.execute("select type, name, tbl_name, sql from sqlite_master")
+        )
+        settings = [db.execute(f"pragma {name}").fetchone()[0] for name in ("journal_mode", "user_version", "encoding", "auto_vacuum")]
+        version = db.execute("select version_num from alembic_version").fetchall()
+    return {"definitions": definitions, "settings": settings, "version": version, "rows": _tables(database)}
+
+
+def test_the_packaged_schema_makes_what_prefects_migrations_make(tmp_path: Path) -> None:
+    """The schema file of the installed Prefect's last migration, against a database
+    Prefect's own migrations make now: the same tables, columns, indexes, rows and
+    settings, at the same revision."""
+    revision = prefect_database.head_revision()
+    assert revision is not None
+    if not prefect_database.schema_file(revision).is_file():
+        pytest.skip(
+            f"no schema for the installed Prefect's last migration {revision} (a newer Prefect): "
+            "runs migrate a new database as before; write one with python -m flows.prefect_database"
+        )
+    migrated, made = tmp_path / "migrated.db", tmp_path / "made.db"
+    prefect_database.migrate(migrated)
+    assert prefect_database.create(made)
+    want = _schema(migrated)
+    assert want["version"] == [(revision,)], "the revision read from the scripts is where the migrations end"
+    assert len(want["definitions"]) > 200 and sum(want["rows"].values()) == 1
+    assert _schema(made) == want
+
+
+def test_a_new_home_without_a_template_is_made_from_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in environment.DATABASE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    revision = prefect_database.head_revision()
+    monkeypatch.setattr(prefect_database, "SCHEMAS", tmp_path / "schemas")
+    (tmp_path / "schemas").mkdir()
+    prefect_database.schema_file(revision).write_text(
+        "BEGIN; create table alembic_version (version_num text); "
+        f"insert into alembic_version values ('{revision}'); COMMIT;"
+    )
+    assert _seed_database(tmp_path)  # new, not the template: the server registers its blocks and it is kept
+    assert _tables(tmp_path / "prefect.db") == {"alembic_version": 1}
+    assert not list(tmp_path.glob(".prefect.db.*")), "the partial database is removed"
+
+
+def test_a_new_home_starts_from_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_schema: None) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in environment.DATABASE_SETTINGS:
         monkeypatch.delenv(name, raising=False)
@@ -81,7 +146,7 @@ def test_a_new_home_starts_from_the_template(tmp_path: Path, monkeypatch: pytest
     assert (third / "prefect.db").read_bytes() == b"a database of its own", "an existing database is never replaced"
 
 
-def test_a_database_elsewhere_gets_no_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_elsewhere_gets_no_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_schema: None) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _save_template(_migrated(tmp_path / "migrated.db"))
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://127.0.0.1/prefect")
@@ -89,7 +154,7 @@ def test_a_database_elsewhere_gets_no_template(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "prefect.db").exists()
 
 
-def test_an_unwritable_cache_only_means_no_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_cache_only_means_no_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_schema: None) -> None:
     (tmp_path / "cache").write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _save_template(_migrated(tmp_path / "migrated.db"))  # no error
@@ -119,9 +184,9 @@ def test_a_config_error_starts_no_server(tmp_path: Path) -> None:
 
 @pytest.mark.flow
 def test_runs_leave_the_template_start_from_it_and_stop_their_server(tmp_path: Path) -> None:
-    """The first run on a machine migrates a new database and leaves a copy of it; a
-    run into a new folder starts from that copy (block types already registered);
-    neither leaves its server running."""
+    """The first run on a machine makes a new database from the packaged schema and
+    leaves a copy of it; a run into a new folder starts from that copy (block types
+    already registered); neither leaves its server running."""
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"text": f"Row {i}: a sentence of plain English text."}) + "\n" for i in range(50)))
     env = _cli_env(tmp_path / "cache")
