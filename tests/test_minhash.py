@@ -571,3 +571,26 @@ def test_shard_parts_give_the_same_result_as_one_array() -> None:
     pairs = rng.integers(0, len(texts), (300, 2))
     assert np.array_equal(exact_jaccard(sh, pairs), exact_jaccard(sh_parts, pairs))
     assert np.array_equal(estimate_jaccard(sigs, pairs), estimate_jaccard(sig_parts, pairs))
+
+
+def test_shingles_are_each_documents_sorted_distinct_hashes_across_chunks() -> None:
+    """``shingle`` sorts a chunk's hashes in one numpy sort with each document's index
+    in the 16 bits above the hash, so a chunk holds at most 65,536 documents: 70,000
+    lines of the GPL (repeated phrases, so repeated n-grams within a row) give what
+    sorting each document's n-grams on its own gives."""
+    from pathlib import Path
+
+    from pipeline.dedup import kernels
+
+    gpl = Path("/usr/share/common-licenses/GPL-3")
+    if not gpl.exists():
+        pytest.skip("no /usr/share/common-licenses/GPL-3 (Debian's base-files)")
+    words = gpl.read_text().split()
+    texts = pa.array([" ".join(words[i % len(words) : i % len(words) + 1 + i % 9] * (1 + i % 3)) for i in range(70_000)])
+    for kind in ("word", "char"):
+        sh = shingle(texts, n=3, kind=kind)
+        tokens, offsets = mh.tokens(texts, kind)
+        values, want = kernels.ngram_sets(tokens, offsets, 3, 64 - mh.HASH_BITS)
+        np.testing.assert_array_equal(sh.offsets, want)
+        np.testing.assert_array_equal(sh.values, values)
+        assert (sh.sizes < np.diff(kernels.ngram_hashes(tokens, offsets, 3, 16)[1])).any()  # repeats were dropped

@@ -147,20 +147,31 @@ def _most_ngrams(tok_offsets: np.ndarray, n: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def ngram_sets(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct n-gram hashes (:func:`_doc_ngrams`) of each document, sorted, as
-    (values, offsets)."""
+def ngram_hashes(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every n-gram hash (:func:`_doc_ngrams`) of each document, repeats included, in
+    document order, as (values, offsets)."""
     docs = len(tok_offsets) - 1
     room = np.zeros(docs + 1, np.int64)
     for d in range(docs):
         room[d + 1] = room[d] + _ngram_room(tok_offsets[d + 1] - tok_offsets[d], n)
-    scratch = np.empty(room[docs], np.uint64)
-    sizes = np.zeros(docs + 1, np.int64)
+    out = np.empty(room[docs], np.uint64)
     bits = np.uint64(shift)
     for d in range(docs):
-        base = room[d]
-        _doc_ngrams(tokens, tok_offsets[d], tok_offsets[d + 1] - tok_offsets[d], n, bits, scratch, base)
-        seg = scratch[base : room[d + 1]]
+        _doc_ngrams(tokens, tok_offsets[d], tok_offsets[d + 1] - tok_offsets[d], n, bits, out, room[d])
+    return out, room
+
+
+@numba.njit(cache=True, nogil=True)
+def ngram_sets(tokens: np.ndarray, tok_offsets: np.ndarray, n: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct n-gram hashes (:func:`_doc_ngrams`) of each document, sorted, as
+    (values, offsets), for hashes of all 64 bits. (Shingles, of
+    :data:`pipeline.dedup.minhash.HASH_BITS` bits, are sorted by numpy instead, with
+    each document's index in the bits above the hash: :func:`pipeline.dedup.minhash.shingle`.)"""
+    scratch, room = ngram_hashes(tokens, tok_offsets, n, shift)
+    docs = len(room) - 1
+    sizes = np.zeros(docs + 1, np.int64)
+    for d in range(docs):
+        seg = scratch[room[d] : room[d + 1]]
         seg.sort()
         kept = 0
         for i in range(len(seg)):

@@ -289,6 +289,33 @@ def _doc_chunks(offsets: np.ndarray, max_values: int, max_docs: int | None = Non
     return out
 
 
+_TAGGED_DOCS = 1 << (64 - HASH_BITS)
+"""Documents whose index fits the bits above a shingle hash: :func:`shingle`'s chunks."""
+
+
+def _distinct_sorted(hashes: np.ndarray, offsets: np.ndarray) -> Shingles:
+    """Each document's distinct hashes, sorted (at most :data:`_TAGGED_DOCS` documents).
+
+    One numpy sort of ``document << HASH_BITS | hash`` keys, then one comparison of
+    neighbours: numpy sorts ``uint64`` with SIMD, about three times as fast as sorting
+    each document's few hundred hashes in a compiled loop, and numba's sort would add
+    seconds to the first run's compilation."""
+    docs = len(offsets) - 1
+    sizes = np.diff(offsets)
+    keys = np.repeat(np.arange(docs, dtype=np.uint64) << np.uint64(HASH_BITS), sizes)
+    keys |= hashes
+    keys.sort()
+    distinct = np.empty(len(keys), dtype=bool)
+    distinct[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
+    keys = keys[distinct]
+    counts = np.bincount((keys >> np.uint64(HASH_BITS)).astype(np.int64), minlength=docs)
+    out = np.zeros(docs + 1, np.int64)
+    np.cumsum(counts, out=out[1:])
+    keys &= np.uint64((1 << HASH_BITS) - 1)
+    return Shingles(keys, out)
+
+
 def shingle(
     texts: pa.Array,
     n: int = 5,
@@ -307,8 +334,9 @@ def shingle(
     themselves); an empty or null text gets none. Texts are processed in chunks of at
     about 8 MB so temporaries stay bounded.
 
-    The per-document loops (tokens, n-gram hashes, per-document sort and dedup) are
-    compiled (:mod:`pipeline.dedup.kernels`).
+    The per-document loops (tokens, n-gram hashes) are compiled
+    (:mod:`pipeline.dedup.kernels`); each chunk's hashes are then sorted and made
+    distinct per document in one numpy sort (:func:`_distinct_sorted`).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -321,14 +349,13 @@ def shingle(
             raise ValueError(f"char_rows has {len(char_rows)} entries for {len(texts)} texts")
     text_offsets, _ = _string_buffers(texts)
     parts = []
-    for lo, hi in _doc_chunks(text_offsets, _CHUNK_BYTES):
+    for lo, hi in _doc_chunks(text_offsets, _CHUNK_BYTES, _TAGGED_DOCS):
         chunk = texts.slice(lo, hi - lo)
         if kind == "auto":
             tokens, tok_offsets = _mixed_tokens(chunk, char_rows[lo:hi])
         else:
             tokens, tok_offsets = _tokens(chunk, kind)
-        values, offsets = kernels.ngram_sets(tokens, tok_offsets, n, 64 - HASH_BITS)
-        parts.append(Shingles(values, offsets))
+        parts.append(_distinct_sorted(*kernels.ngram_hashes(tokens, tok_offsets, n, 64 - HASH_BITS)))
     if not parts:
         return Shingles(np.zeros(0, np.uint64), np.zeros(len(texts) + 1, np.int64))
     return Shingles.concat(parts)
