@@ -517,27 +517,26 @@ def char_hashes(raw: np.ndarray, offsets: np.ndarray, fold: np.ndarray) -> tuple
 
 
 @numba.njit(cache=True, nogil=True)
-def matching_positions(parts: numba.typed.List, starts: np.ndarray, pairs: np.ndarray, empty: np.int64) -> np.ndarray:
-    """For each pair of global row numbers over signature parts (part ``k`` holds rows
-    ``starts[k]`` to ``starts[k+1]``), how many positions of the two rows' signatures
+def matching_positions(x: np.ndarray, y: np.ndarray, pairs: np.ndarray, empty: np.int64, block: int) -> np.ndarray:
+    """For each pair ``(i, j)``, how many positions of signatures ``x[i]`` and ``y[j]``
     are equal and not ``empty`` (-1: no value is empty): the MinHash estimate's
     numerator, without the two gathered rows per pair that numpy needs.
 
-    The pairs are visited grouped by the two parts they touch (a counting sort, in
-    here): two parts' signatures are 50 MB at 50,000 rows, all of them 512 MB at a
-    million, and pairs taken in band order would read them at random. Grouping them
-    in numpy instead (sort, split, gather per group, holding the GIL) cost more than
-    the comparisons: 18 of split's 28 s of candidate filtering at a million rows."""
+    The pairs are visited grouped by the ``block``-row blocks of ``x`` and ``y`` they
+    touch (a counting sort, in here): split's byte signatures are 128 MB at a million
+    rows, and pairs taken in band order would read them at random, where two blocks
+    of 65,536 rows are 16 MB. Grouping them in numpy instead (sort, split, gather per
+    group, holding the GIL) cost more than the comparisons: 18 of split's 28 s of
+    candidate filtering at a million rows."""
     n = len(pairs)
-    k = len(parts)
+    bx = max(1, (len(x) + block - 1) // block)
+    by = max(1, (len(y) + block - 1) // block)
     group = np.empty(n, np.int64)
-    counts = np.zeros(k * k + 1, np.int64)
+    counts = np.zeros(bx * by + 1, np.int64)
     for p in range(n):
-        a = np.searchsorted(starts, pairs[p, 0], side="right") - 1
-        b = np.searchsorted(starts, pairs[p, 1], side="right") - 1
-        group[p] = a * k + b
+        group[p] = (pairs[p, 0] // block) * by + pairs[p, 1] // block
         counts[group[p] + 1] += 1
-    for g in range(k * k):
+    for g in range(bx * by):
         counts[g + 1] += counts[g]
     order = np.empty(n, np.int64)
     ends = counts[:-1].copy()
@@ -545,36 +544,19 @@ def matching_positions(parts: numba.typed.List, starts: np.ndarray, pairs: np.nd
         order[ends[group[p]]] = p
         ends[group[p]] += 1
     out = np.empty(n, np.int64)
-    for g in range(k * k):
-        if counts[g] == counts[g + 1]:
-            continue
-        a, b = g // k, g % k
-        x, y = parts[a], parts[b]  # once per group: each access of the list counts a reference
-        for q in range(counts[g], counts[g + 1]):
-            p = order[q]
-            i, j = pairs[p, 0] - starts[a], pairs[p, 1] - starts[b]
-            same = 0
-            if empty < 0:  # branch-free, so the loop vectorises
-                for c in range(x.shape[1]):
-                    same += x[i, c] == y[j, c]
-            else:
-                for c in range(x.shape[1]):
-                    v = x[i, c]
-                    same += (v == y[j, c]) & (v != empty)
-            out[p] = same
+    for q in range(n):
+        p = order[q]
+        i, j = pairs[p, 0], pairs[p, 1]
+        same = 0
+        if empty < 0:  # branch-free, so the loop vectorises
+            for c in range(x.shape[1]):
+                same += x[i, c] == y[j, c]
+        else:
+            for c in range(x.shape[1]):
+                v = x[i, c]
+                same += (v == y[j, c]) & (v != empty)
+        out[p] = same
     return out
-
-
-def part_list(parts: list[np.ndarray]) -> numba.typed.List:
-    """``parts`` as the typed list :func:`matching_positions` takes: every part a
-    read-only C-contiguous view, so views of memory-mapped files and arrays in memory
-    are one type."""
-    views = numba.typed.List()
-    for part in parts:
-        view = np.ascontiguousarray(part).view()
-        view.flags.writeable = False
-        views.append(view)
-    return views
 
 
 @numba.njit(cache=True, nogil=True)

@@ -585,25 +585,34 @@ def _by_part_pair(pairs: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, 
 
 def estimate_jaccard(sigs: SignatureParts, pairs: np.ndarray) -> np.ndarray:
     """Estimated Jaccard per pair: the share of signature positions that are equal
-    (and not :data:`EMPTY`, so empty documents estimate 0). ``float32``."""
+    (and not :data:`EMPTY`, so empty documents estimate 0). ``float32``. With several
+    parts, pairs are counted a pair of parts at a time, as :func:`exact_jaccard` does."""
+    pairs = _as_pairs(pairs)
     parts = _parts(sigs)
-    same = _matching_positions(parts, pairs, np.int64(EMPTY))
+    same = np.zeros(len(pairs), np.int64)
+
+    def count(a: int, b: int, positions: np.ndarray, local: np.ndarray) -> None:
+        same[positions] = _matching_positions(parts[a], parts[b], local, np.int64(EMPTY))
+
+    _each_part_pair(pairs, _part_starts([len(p) for p in parts]), count)
     return (same / np.float32(parts[0].shape[1] if parts else 1)).astype(np.float32)
 
 
-def _matching_positions(parts: list[np.ndarray], pairs: np.ndarray, empty: np.int64) -> np.ndarray:
-    """:func:`kernels.matching_positions` over all the parts at once; a large batch of
-    pairs is cut into one slice per core, run on threads (the loop releases the GIL)."""
-    pairs = _as_pairs(pairs)
+_BLOCK_ROWS = 1 << 16
+"""Rows per block that :func:`kernels.matching_positions` groups pairs by."""
+
+
+def _matching_positions(x: np.ndarray, y: np.ndarray, pairs: np.ndarray, empty: np.int64) -> np.ndarray:
+    """:func:`kernels.matching_positions`; a large batch of pairs is cut into one
+    slice per core, run on threads (the loop releases the GIL)."""
     if not len(pairs):
         return np.zeros(0, np.int64)
-    views, starts = kernels.part_list(parts), _part_starts([len(p) for p in parts])
     threads = min(usable_cores(), 8) if len(pairs) >= 200_000 else 1
     if threads == 1:
-        return kernels.matching_positions(views, starts, pairs, empty)
+        return kernels.matching_positions(x, y, pairs, empty, _BLOCK_ROWS)
     with ThreadPoolExecutor(threads) as pool:
         slices = np.array_split(pairs, threads)
-        return np.concatenate(list(pool.map(lambda s: kernels.matching_positions(views, starts, s, empty), slices)))
+        return np.concatenate(list(pool.map(lambda s: kernels.matching_positions(x, y, s, empty, _BLOCK_ROWS), slices)))
 
 
 def estimate_prefilter(sigs: SignatureParts, min_estimate: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -616,17 +625,20 @@ def estimate_prefilter(sigs: SignatureParts, min_estimate: float) -> Callable[[n
     million rows hands over 120 million pairs. One byte per position is a quarter of
     that. Two unrelated values share a low byte 1 time in 256, so the share of equal
     bytes is J + (1 - J) / 256, and the cut is moved by that much. A filter, not a
-    verdict: the pairs it keeps are verified exactly. The byte copies cost one byte per
-    position per row in memory (128 MB at a million rows of 128 positions)."""
+    verdict: the pairs it keeps are verified exactly. The bytes of all the parts are
+    one array in memory, one byte per position per row (128 MB at a million rows of
+    128 positions), so pairs need no grouping by part."""
     parts = _parts(sigs)
-    pages = MappedPages([[p] for p in parts])
-    low = []
-    for i, p in enumerate(parts):
-        low.append(np.asarray(p, dtype=np.uint8))  # the value mod 256
-        pages.release(i)
     k = parts[0].shape[1] if parts else 1
+    pages = MappedPages([[p] for p in parts])
+    low = np.empty((sum(len(p) for p in parts), k), np.uint8)
+    at = 0
+    for i, p in enumerate(parts):
+        np.copyto(low[at : at + len(p)], p, casting="unsafe")  # the value mod 256
+        at += len(p)
+        pages.release(i)
     cut = (min_estimate * (1 - 1 / 256) + 1 / 256) * k
-    return lambda pairs: _matching_positions(low, pairs, np.int64(-1)) >= cut - 1e-9
+    return lambda pairs: _matching_positions(low, low, _as_pairs(pairs), np.int64(-1)) >= cut - 1e-9
 
 
 def exact_jaccard(sh: ShinglesParts, pairs: np.ndarray) -> np.ndarray:
