@@ -5,11 +5,13 @@
 
 Each repeat times, from command to exit (the version published), as a user runs it:
 
-* **machine-first**: 1,000 rows into a new output folder, with an empty cache
-  (``XDG_CACHE_HOME``): as on a new machine, the temporary server's new database
-  (``<output>/.prefect``) is made from the packaged schema of Prefect's last migration
-  (``flows/prefect_database.py``; Prefect's migrations where the installed Prefect has
-  none), and the run keeps a copy of it, empty, in the cache;
+* **machine-first**: 1,000 rows into a new output folder, with empty caches, as on a
+  new install: numba compiles the kernels (``NUMBA_CACHE_DIR``; in a child process
+  started beside the server, ``pipeline/dedup/warmup.py``), and the temporary
+  server's new database (``<output>/.prefect``) is made from the packaged schema of
+  Prefect's last migration (``flows/prefect_database.py``; Prefect's migrations where
+  the installed Prefect has none), and the run keeps a copy of it, empty, in its
+  cache (``XDG_CACHE_HOME``);
 * **first**: the same rows into another new folder: its database is that copy;
 * **second**: another 1,000 rows into that folder: the database is there, the run
   publishes a second version.
@@ -84,13 +86,14 @@ def main() -> None:
                 wait_for_idle(args.wait_idle)
             env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
             env["XDG_CACHE_HOME"] = str(tmp / f"cache-{repeat}")
+            env["NUMBA_CACHE_DIR"] = str(tmp / f"numba-{repeat}")  # compiled kernels, as on a new install
             runs = (("machine-first", first, "new"), ("first", first, "out"), ("second", second, "out"))
             for kind, corpus, folder in runs:
                 meter = timed_run(corpus, tmp / f"{folder}-{repeat}", env)
                 walls[kind].append(meter.wall)
                 others = "" if meter.others is None else f", other processes {meter.others / meter.wall:.2f} cores"
                 print(f"repeat {repeat} {kind:<13} {meter.wall:5.1f} s{others}", flush=True)
-            for folder in ("new", "out", "cache"):
+            for folder in ("new", "out", "cache", "numba"):
                 shutil.rmtree(tmp / f"{folder}-{repeat}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
