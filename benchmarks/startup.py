@@ -7,7 +7,7 @@ Each repeat times, from command to exit (the version published), as a user runs 
 
 * **machine-first**: 1,000 rows into a new output folder, with empty caches, as on a
   new install: numba compiles the kernels (``NUMBA_CACHE_DIR``; in a child process
-  started beside the server, ``pipeline/dedup/warmup.py``), and the temporary
+  started beside the server, ``pipeline/warmup.py``), and the temporary
   server's new database (``<output>/.prefect``) is made from the packaged schema of
   Prefect's last migration (``flows/prefect_database.py``; Prefect's migrations where
   the installed Prefect has none), and the run keeps a copy of it, empty, in its

@@ -1,4 +1,4 @@
-"""The numba kernels compiled ahead of a run (``pipeline/dedup/warmup.py``): after the
+"""The numba kernels compiled ahead of a run (``pipeline/warmup.py``): after the
 warm-up, a default run on real text compiles none itself; the warm-up starts only
 where this code's kernels were not compiled before."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dedup import warmup
+from pipeline import warmup
 from tests.conftest import REPO
 
 # Counts the numba compilations of the pipeline's own functions in a run of the CLI.
@@ -58,7 +58,7 @@ def _man_page_rows(path: Path, rows: int) -> Path:
 def test_a_run_after_the_warmup_compiles_no_kernel_itself(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "pipeline.dedup.warmup"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([sys.executable, "-m", "pipeline.warmup"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((tmp_path / "numba").glob("warmed-*"))) == 1, "the stamp of this code, beside the cache"
     assert len(list((tmp_path / "numba").rglob("*.nbi"))) >= 10

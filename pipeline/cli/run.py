@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         prefect_api("executor dask needs a Prefect server to record the run")
     # It boots while the rest is imported; None with a server of the user's.
     server = start_temporary_server()
-    # On a new install, the dedup kernels compile meanwhile (pipeline/dedup/warmup.py).
-    from pipeline.dedup import warmup
+    # On a new install, the dedup kernels compile meanwhile (pipeline/warmup.py).
+    from pipeline import warmup
 
     warmup.start()
     if not args.verbose:  # a local Dask cluster logs every connection at INFO; read before dask is imported

@@ -90,7 +90,7 @@ def start() -> subprocess.Popen[bytes] | None:
     if _stamp().exists():
         return None
     child = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.dedup.warmup"],
+        [sys.executable, "-m", "pipeline.warmup"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     atexit.register(lambda: child.poll() is None and child.kill())
