@@ -160,12 +160,15 @@ class NearDedupStage(Stage):
             }
         ), stats)
 
-    BYTES_PER_ROW = 800
+    BYTES_PER_ROW = 400
     """Resident bytes per row in ``decide``, candidate pairs included: measured peak
-    (tracemalloc) 117 MB on the 165,000 rows of ``benchmarks/dedup.py``, whose
-    boilerplate gives 433,000 candidate pairs (743 bytes per row). Independent of
+    (tracemalloc) 50.8 MB on the 165,000 rows of ``benchmarks/dedup.py``'s corpus,
+    whose boilerplate gives 394,000 candidate pairs (323 bytes per row; 92 on the
+    scale benchmark's corpus, whose candidates are fewer), with a quarter added. It was
+    743 before candidates were held as one ``int64`` code each. Independent of
     ``num_perm``: signatures (4 bytes per permutation per row) and shingles (8 bytes
-    per distinct shingle) stay in the memory-mapped summary files."""
+    per distinct shingle) stay in the memory-mapped summary files, whose pages are
+    dropped once read (:class:`pipeline.memory.MappedPages`)."""
 
     def _check_memory(self, rows: int) -> None:
         budget = self.config.memory_budget_mb
