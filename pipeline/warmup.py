@@ -7,7 +7,8 @@ reached them, while the other core sat mostly idle. ``python -m pipeline run`` s
 this module as a child process (:func:`start`) when this code's kernels were not
 compiled on this machine before, next to Prefect's temporary server, so the compiling
 overlaps the run's imports and the server's start, and the flow's calls find the
-kernels cached (1,000 rows on a new install: 8.4-9.2 s, ``benchmarks/startup.py``).
+kernels cached (1,000 rows on a new install: median 9.2 s, 8.3-9.3, against 12.3;
+``benchmarks/startup.py``).
 The child compiles in the reverse of the order a run needs the kernels, so the two
 meet in the middle: a kernel the flow reaches first it compiles itself, as before,
 and waiting for the child instead was slower (9.7-10.8 s). Both processes may write
