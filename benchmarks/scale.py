@@ -197,12 +197,9 @@ def run_pipeline(corpus: Path, output: Path, env: dict[str, str]) -> dict:
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     ticks = 0
-    usage = None
-    while usage is None:
+    while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == 0:
-            usage = None
-        else:
+        if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             break
         tree_rss = 0

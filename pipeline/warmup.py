@@ -94,8 +94,13 @@ def start() -> subprocess.Popen[bytes] | None:
         [sys.executable, "-m", "pipeline.warmup"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    atexit.register(lambda: child.poll() is None and child.kill())
+    atexit.register(_stop, child)
     return child
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.kill()
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ where this code's kernels were not compiled before."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from pipeline import warmup
 from tests.conftest import REPO
+from tests.test_memory import man_paragraphs
 
 # Counts the numba compilations of the pipeline's own functions in a run of the CLI.
 _COUNTING_RUN = """
@@ -39,17 +39,11 @@ print("COMPILED", sorted(set(compiled)))
 
 
 def _man_page_rows(path: Path, rows: int) -> Path:
-    """``rows`` JSON Lines rows of English man-page paragraphs, every tenth twice."""
-    texts: list[str] = []
-    for page in sorted(Path("/usr/share/man/man1").glob("*.1.gz")):
-        lines = gzip.decompress(page.read_bytes()).decode("utf-8", "replace").splitlines()
-        block = " ".join(line for line in lines if not line.startswith((".", "'")))
-        texts += [" ".join(block.split()[i : i + 40]) for i in range(0, len(block.split()) - 40, 40)]
-        if len(texts) >= rows:
-            break
+    """``rows`` JSON Lines rows of English man-page paragraphs, and the first tenth again."""
+    texts = man_paragraphs(rows)
     if len(texts) < rows:
-        pytest.skip("too few English man pages in /usr/share/man/man1 (package man-db / manpages absent)")
-    texts = texts[:rows] + texts[: rows // 10]
+        pytest.skip(f"fewer than {rows} paragraphs in the English man pages of /usr/share/man/man1")
+    texts += texts[: rows // 10]
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     return path
 
